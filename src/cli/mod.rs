@@ -1,0 +1,147 @@
+//! The `vw2` command line.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use clap::{Parser, Subcommand};
+
+use crate::policy::{create_random_policy, LoadedPolicy, RandomPolicySizes};
+
+/// vw2: run VideoWorld 2 latent-action policies on robot arms.
+#[derive(Debug, Parser)]
+#[command(name = "vw2", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load a policy bundle and print each component (exits non-zero on any load error).
+    Inspect {
+        /// `policy.yaml` or the folder holding it.
+        policy: PathBuf,
+        /// Also run one forward pass (encode a blank clip, predict a step, run the head).
+        #[arg(long)]
+        forward: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a tiny random-weight policy bundle (for tests and plumbing checks).
+    MakeRandomPolicy {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// RNG seed of the weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Bundle name.
+        #[arg(long, default_value = "tiny-random")]
+        name: String,
+    },
+}
+
+/// Runs the CLI.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Inspect {
+            policy,
+            forward,
+            json,
+        } => inspect(&policy, forward, json),
+        Command::MakeRandomPolicy { out, seed, name } => {
+            let yaml = create_random_policy(&out, &name, seed, &RandomPolicySizes::tiny())?;
+            println!("wrote {}", yaml.display());
+            Ok(())
+        }
+    }
+}
+
+fn inspect(path: &std::path::Path, forward: bool, json: bool) -> Result<()> {
+    let dev = Device::Cpu;
+    let policy = LoadedPolicy::load(path, &dev)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&policy.reports)?);
+    } else {
+        let s = &policy.spec;
+        println!(
+            "policy {} ({}): image {}x{} px, control {} Hz, {} control steps per latent step, {:?} actions",
+            s.name,
+            policy.dir.display(),
+            s.image_size[0],
+            s.image_size[1],
+            s.control_rate_hz,
+            s.steps_per_latent,
+            s.action_space.kind
+        );
+        println!(
+            "{:<6} {:<15} {:>12} {:<6} file",
+            "part", "kind", "parameters", "dtype"
+        );
+        for r in &policy.reports {
+            println!(
+                "{:<6} {:<15} {:>12} {:<6} {}",
+                r.component,
+                r.kind,
+                r.parameters,
+                r.dtype,
+                r.file.display()
+            );
+            if !r.unused_keys.is_empty() {
+                println!(
+                    "       warning: {} unused keys, e.g. {}",
+                    r.unused_keys.len(),
+                    r.unused_keys[0]
+                );
+            }
+        }
+    }
+    if forward {
+        smoke_forward(&policy, &dev)?;
+    }
+    Ok(())
+}
+
+/// Encodes a blank 5-frame clip, predicts the next step's codes and runs the head.
+fn smoke_forward(policy: &LoadedPolicy, dev: &Device) -> Result<()> {
+    let [h, w] = policy.spec.image_size;
+    let s = policy.spec.steps_per_latent;
+    let frames = Tensor::zeros((1, 1 + s, 3, h, w), DType::F32, dev)?;
+    let enc = policy.dldm.encode(&frames)?;
+    let cfg = policy.ar.config();
+    let (_, t, f, fh, fw) = enc.features.dims5()?;
+    let first = enc.features.narrow(1, 0, 1)?;
+    let visual_tokens = first.reshape((1, f, fh * fw))?.transpose(1, 2)?;
+    let instruction = Tensor::zeros((1, cfg.instruction_dim), DType::F32, dev)?;
+    let mut cache = policy.ar.new_cache();
+    policy
+        .ar
+        .prefill(&mut cache, &instruction, &visual_tokens)?;
+    let observed = enc.indices.flatten_from(1)?;
+    let logits = policy.ar.step(&mut cache, &observed)?;
+    let next = logits.argmax(candle_core::D::Minus1)?;
+    let current = enc.features.narrow(1, t - 1, 1)?;
+    let visual = crate::model::head::pool_visual(&current)?;
+    let proprio =
+        match &policy.head {
+            crate::policy::bundle::Head::Mlp(hd) if hd.config().proprio_dim > 0 => Some(
+                Tensor::zeros((1, hd.config().proprio_dim), DType::F32, dev)?,
+            ),
+            _ => None,
+        };
+    let n = policy.dldm.config().num_queries;
+    let step_codes = next.narrow(1, next.dim(1)? - n, n)?.to_dtype(DType::U32)?;
+    let actions = policy.head_forward(&step_codes, &visual, proprio.as_ref())?;
+    crate::policy::bundle::ensure_finite(&actions, "head output")?;
+    println!(
+        "forward ok: observed codes {:?}, next-step codes {:?}, action chunk {:?}",
+        enc.indices.flatten_all()?.to_vec1::<u32>()?,
+        step_codes.flatten_all()?.to_vec1::<u32>()?,
+        actions.dims()
+    );
+    Ok(())
+}

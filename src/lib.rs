@@ -1,0 +1,8 @@
+//! vw2_policy: a runtime that puts VideoWorld 2 latent-action policies on robot arms.
+//!
+//! Modules: [`model`] (dLDM, AR transformer, action head in candle) and
+//! [`policy`] (bundles and weight loading).
+
+pub mod cli;
+pub mod model;
+pub mod policy;

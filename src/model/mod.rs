@@ -1,0 +1,15 @@
+//! The VideoWorld 2 model core in candle: the dLDM (Haar patcher, causal 3-D conv
+//! encoder, QFormer, FSQ, coarse decoder), the AR transformer and the action head.
+//!
+//! Tensor layout inside the dLDM is frames-major, `[B, T, C, H, W]`, so that a
+//! 2-D conv over `[B·T, C, H, W]` is a free reshape. Weights keep the official
+//! `[out, in, kt, kh, kw]` conv3d layout.
+
+pub mod ar;
+pub mod dldm;
+pub mod fsq;
+pub mod head;
+pub mod layers;
+pub mod nn;
+pub mod onnx_head;
+pub mod patcher;
