@@ -165,7 +165,7 @@ impl DldmConfig {
                 self.feature_channels
             ));
         }
-        if self.feature_channels % 2 != 0 {
+        if !self.feature_channels.is_multiple_of(2) {
             return Err(format!(
                 "feature_channels: expected an even width (sin/cos positional encoding), found {}",
                 self.feature_channels

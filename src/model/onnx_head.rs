@@ -262,8 +262,8 @@ pub enum OnnxHeadError {
     },
     /// A node uses an op at an opset where candle-onnx gives wrong results.
     #[error(
-        "{}: node '{node}' uses op '{op}' at opset {found}, which candle-onnx mis-evaluates \
-         ({reason}); expected opset {expected}",
+        "{}: node '{node}' uses op '{op}' at opset {found}, which candle-onnx mis-evaluates: \
+         {reason}; expected opset {min}..={max}",
         .file.display()
     )]
     OpAtOpset {
@@ -273,12 +273,14 @@ pub enum OnnxHeadError {
         node: String,
         /// The op type.
         op: String,
-        /// The opset range at which candle-onnx evaluates the op correctly, e.g. `13..=17`.
-        expected: String,
         /// The model's default-domain opset.
         found: i64,
-        /// What candle-onnx does differently.
-        reason: String,
+        /// Lowest opset at which candle-onnx evaluates the op correctly.
+        min: i64,
+        /// Highest accepted opset at which candle-onnx evaluates the op correctly.
+        max: i64,
+        /// What candle-onnx does differently (from [`OPSET_BOUNDED_OPS`]).
+        reason: &'static str,
     },
     /// A node uses an op from a non-default domain (e.g. `com.microsoft`).
     #[error(
@@ -803,9 +805,10 @@ fn check_op(node: &NodeProto, name: &str, opset: i64, file: &Path) -> Result<(),
             file: file.to_path_buf(),
             node: name.to_string(),
             op: op.to_string(),
-            expected: format!("{min}..={}", max.min(MAX_OPSET)),
             found: opset,
-            reason: reason.to_string(),
+            min,
+            max: max.min(MAX_OPSET),
+            reason,
         });
     }
     Ok(())
@@ -1093,7 +1096,7 @@ pub fn mlp_head_model(
 /// Encodes `model` as ONNX protobuf and writes it atomically: to `path.with_extension
 /// ("onnx.tmp")`, synced, checked to decode, then renamed over `path`.
 pub fn write_model(path: &Path, model: &ModelProto) -> anyhow::Result<()> {
-    let bytes = pb::encode_model(model)?;
+    let bytes = prost::Message::encode_to_vec(model);
     let tmp = path.with_extension("onnx.tmp");
     let result = (|| -> anyhow::Result<()> {
         {
@@ -1190,373 +1193,6 @@ fn node(
         output: vec![output.to_string()],
         attribute,
         ..Default::default()
-    }
-}
-
-/// Minimal protobuf encoder for the ONNX structs of `candle_onnx::onnx`.
-///
-/// candle-onnx does not re-export `prost`, and `prost` is not a direct dependency of this
-/// crate, so `Message::encode_to_vec` is out of reach. Every field is destructured (a new
-/// field upstream is a compile error here) and encoded; the few fields never needed by an
-/// action head (sparse tensors, type protos in attributes, training info, functions,
-/// quantization annotations) are refused rather than dropped. With `prost = "0.14"` added
-/// to Cargo.toml this module can be replaced by `prost::Message::encode_to_vec(model)`.
-mod pb {
-    use anyhow::{ensure, Result};
-    use candle_onnx::onnx::{
-        tensor_proto::Segment, tensor_shape_proto::dimension, type_proto, AttributeProto,
-        GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
-        TensorShapeProto, TypeProto, ValueInfoProto,
-    };
-
-    const VARINT: u32 = 0;
-    const LEN: u32 = 2;
-    const FIXED32: u32 = 5;
-
-    fn varint(buf: &mut Vec<u8>, mut v: u64) {
-        while v >= 0x80 {
-            buf.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        buf.push(v as u8);
-    }
-
-    fn key(buf: &mut Vec<u8>, field: u32, wire: u32) {
-        varint(buf, u64::from((field << 3) | wire));
-    }
-
-    /// A varint field (int32 values are sign-extended, as protobuf requires).
-    fn int(buf: &mut Vec<u8>, field: u32, v: i64) {
-        if v != 0 {
-            key(buf, field, VARINT);
-            varint(buf, v as u64);
-        }
-    }
-
-    fn float(buf: &mut Vec<u8>, field: u32, v: f32) {
-        if v.to_bits() != 0 {
-            key(buf, field, FIXED32);
-            buf.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-
-    fn len_delimited(buf: &mut Vec<u8>, field: u32, body: &[u8]) {
-        key(buf, field, LEN);
-        varint(buf, body.len() as u64);
-        buf.extend_from_slice(body);
-    }
-
-    fn bytes(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
-        if !b.is_empty() {
-            len_delimited(buf, field, b);
-        }
-    }
-
-    fn repeated_bytes<T: AsRef<[u8]>>(buf: &mut Vec<u8>, field: u32, items: &[T]) {
-        for item in items {
-            len_delimited(buf, field, item.as_ref());
-        }
-    }
-
-    fn packed<T: Copy>(buf: &mut Vec<u8>, field: u32, items: &[T], put: fn(&mut Vec<u8>, T)) {
-        if !items.is_empty() {
-            let mut body = Vec::new();
-            for &item in items {
-                put(&mut body, item);
-            }
-            len_delimited(buf, field, &body);
-        }
-    }
-
-    fn messages<T>(
-        buf: &mut Vec<u8>,
-        field: u32,
-        items: &[T],
-        enc: fn(&T) -> Result<Vec<u8>>,
-    ) -> Result<()> {
-        for item in items {
-            len_delimited(buf, field, &enc(item)?);
-        }
-        Ok(())
-    }
-
-    fn ok(b: Vec<u8>) -> Result<Vec<u8>> {
-        Ok(b)
-    }
-
-    /// Encodes a model.
-    pub(super) fn encode_model(m: &ModelProto) -> Result<Vec<u8>> {
-        let ModelProto {
-            ir_version,
-            opset_import,
-            producer_name,
-            producer_version,
-            domain,
-            model_version,
-            doc_string,
-            graph,
-            metadata_props,
-            training_info,
-            functions,
-        } = m;
-        ensure!(
-            training_info.is_empty() && functions.is_empty(),
-            "cannot encode ModelProto.training_info / functions"
-        );
-        let mut b = Vec::new();
-        int(&mut b, 1, *ir_version);
-        bytes(&mut b, 2, producer_name.as_bytes());
-        bytes(&mut b, 3, producer_version.as_bytes());
-        bytes(&mut b, 4, domain.as_bytes());
-        int(&mut b, 5, *model_version);
-        bytes(&mut b, 6, doc_string.as_bytes());
-        if let Some(g) = graph {
-            len_delimited(&mut b, 7, &encode_graph(g)?);
-        }
-        messages(&mut b, 8, opset_import, encode_opset)?;
-        messages(&mut b, 14, metadata_props, encode_entry)?;
-        Ok(b)
-    }
-
-    fn encode_opset(o: &OperatorSetIdProto) -> Result<Vec<u8>> {
-        let OperatorSetIdProto { domain, version } = o;
-        let mut b = Vec::new();
-        bytes(&mut b, 1, domain.as_bytes());
-        int(&mut b, 2, *version);
-        ok(b)
-    }
-
-    fn encode_entry(e: &StringStringEntryProto) -> Result<Vec<u8>> {
-        let StringStringEntryProto { key, value } = e;
-        let mut b = Vec::new();
-        bytes(&mut b, 1, key.as_bytes());
-        bytes(&mut b, 2, value.as_bytes());
-        ok(b)
-    }
-
-    fn encode_graph(g: &GraphProto) -> Result<Vec<u8>> {
-        let GraphProto {
-            node,
-            name,
-            initializer,
-            sparse_initializer,
-            doc_string,
-            input,
-            output,
-            value_info,
-            quantization_annotation,
-        } = g;
-        ensure!(
-            sparse_initializer.is_empty() && quantization_annotation.is_empty(),
-            "cannot encode GraphProto.sparse_initializer / quantization_annotation"
-        );
-        let mut b = Vec::new();
-        messages(&mut b, 1, node, encode_node)?;
-        bytes(&mut b, 2, name.as_bytes());
-        messages(&mut b, 5, initializer, encode_tensor)?;
-        bytes(&mut b, 10, doc_string.as_bytes());
-        messages(&mut b, 11, input, encode_value_info)?;
-        messages(&mut b, 12, output, encode_value_info)?;
-        messages(&mut b, 13, value_info, encode_value_info)?;
-        Ok(b)
-    }
-
-    fn encode_node(n: &NodeProto) -> Result<Vec<u8>> {
-        let NodeProto {
-            input,
-            output,
-            name,
-            op_type,
-            domain,
-            attribute,
-            doc_string,
-        } = n;
-        let mut b = Vec::new();
-        repeated_bytes(&mut b, 1, input);
-        repeated_bytes(&mut b, 2, output);
-        bytes(&mut b, 3, name.as_bytes());
-        bytes(&mut b, 4, op_type.as_bytes());
-        messages(&mut b, 5, attribute, encode_attribute)?;
-        bytes(&mut b, 6, doc_string.as_bytes());
-        bytes(&mut b, 7, domain.as_bytes());
-        Ok(b)
-    }
-
-    fn encode_attribute(a: &AttributeProto) -> Result<Vec<u8>> {
-        let AttributeProto {
-            name,
-            ref_attr_name,
-            doc_string,
-            r#type,
-            f,
-            i,
-            s,
-            t,
-            g,
-            sparse_tensor,
-            tp,
-            floats,
-            ints,
-            strings,
-            tensors,
-            graphs,
-            sparse_tensors,
-            type_protos,
-        } = a;
-        ensure!(
-            sparse_tensor.is_none()
-                && tp.is_none()
-                && sparse_tensors.is_empty()
-                && type_protos.is_empty(),
-            "cannot encode sparse-tensor or type-proto attribute '{name}'"
-        );
-        let mut b = Vec::new();
-        bytes(&mut b, 1, name.as_bytes());
-        float(&mut b, 2, *f);
-        int(&mut b, 3, *i);
-        bytes(&mut b, 4, s);
-        if let Some(t) = t {
-            len_delimited(&mut b, 5, &encode_tensor(t)?);
-        }
-        if let Some(g) = g {
-            len_delimited(&mut b, 6, &encode_graph(g)?);
-        }
-        packed(&mut b, 7, floats, |b, v| {
-            b.extend_from_slice(&v.to_le_bytes())
-        });
-        packed(&mut b, 8, ints, |b, v| varint(b, v as u64));
-        repeated_bytes(&mut b, 9, strings);
-        messages(&mut b, 10, tensors, encode_tensor)?;
-        messages(&mut b, 11, graphs, encode_graph)?;
-        bytes(&mut b, 13, doc_string.as_bytes());
-        int(&mut b, 20, i64::from(*r#type));
-        bytes(&mut b, 21, ref_attr_name.as_bytes());
-        Ok(b)
-    }
-
-    fn encode_tensor(t: &TensorProto) -> Result<Vec<u8>> {
-        let TensorProto {
-            dims,
-            data_type,
-            segment,
-            float_data,
-            int32_data,
-            string_data,
-            int64_data,
-            name,
-            doc_string,
-            raw_data,
-            external_data,
-            data_location,
-            double_data,
-            uint64_data,
-        } = t;
-        let mut b = Vec::new();
-        packed(&mut b, 1, dims, |b, v| varint(b, v as u64));
-        int(&mut b, 2, i64::from(*data_type));
-        if let Some(Segment { begin, end }) = segment {
-            let mut s = Vec::new();
-            int(&mut s, 1, *begin);
-            int(&mut s, 2, *end);
-            len_delimited(&mut b, 3, &s);
-        }
-        packed(&mut b, 4, float_data, |b, v| {
-            b.extend_from_slice(&v.to_le_bytes())
-        });
-        packed(&mut b, 5, int32_data, |b, v| varint(b, i64::from(v) as u64));
-        repeated_bytes(&mut b, 6, string_data);
-        packed(&mut b, 7, int64_data, |b, v| varint(b, v as u64));
-        bytes(&mut b, 8, name.as_bytes());
-        bytes(&mut b, 9, raw_data);
-        packed(&mut b, 10, double_data, |b, v| {
-            b.extend_from_slice(&v.to_le_bytes())
-        });
-        packed(&mut b, 11, uint64_data, varint);
-        bytes(&mut b, 12, doc_string.as_bytes());
-        messages(&mut b, 13, external_data, encode_entry)?;
-        int(&mut b, 14, i64::from(*data_location));
-        Ok(b)
-    }
-
-    fn encode_value_info(v: &ValueInfoProto) -> Result<Vec<u8>> {
-        let ValueInfoProto {
-            name,
-            r#type,
-            doc_string,
-        } = v;
-        let mut b = Vec::new();
-        bytes(&mut b, 1, name.as_bytes());
-        if let Some(t) = r#type {
-            len_delimited(&mut b, 2, &encode_type(t)?);
-        }
-        bytes(&mut b, 3, doc_string.as_bytes());
-        Ok(b)
-    }
-
-    fn encode_type(t: &TypeProto) -> Result<Vec<u8>> {
-        let TypeProto { denotation, value } = t;
-        let mut b = Vec::new();
-        let elem = |elem_type: &Option<Box<TypeProto>>| -> Result<Vec<u8>> {
-            let mut b = Vec::new();
-            if let Some(e) = elem_type {
-                len_delimited(&mut b, 1, &encode_type(e)?);
-            }
-            Ok(b)
-        };
-        match value {
-            None => {}
-            Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type, shape })) => {
-                len_delimited(&mut b, 1, &encode_tensor_type(*elem_type, shape));
-            }
-            Some(type_proto::Value::SequenceType(s)) => {
-                len_delimited(&mut b, 4, &elem(&s.elem_type)?);
-            }
-            Some(type_proto::Value::MapType(m)) => {
-                let mut body = Vec::new();
-                int(&mut body, 1, i64::from(m.key_type));
-                if let Some(v) = &m.value_type {
-                    len_delimited(&mut body, 2, &encode_type(v)?);
-                }
-                len_delimited(&mut b, 5, &body);
-            }
-            Some(type_proto::Value::SparseTensorType(type_proto::SparseTensor {
-                elem_type,
-                shape,
-            })) => {
-                len_delimited(&mut b, 8, &encode_tensor_type(*elem_type, shape));
-            }
-            Some(type_proto::Value::OptionalType(o)) => {
-                len_delimited(&mut b, 9, &elem(&o.elem_type)?);
-            }
-        }
-        bytes(&mut b, 6, denotation.as_bytes());
-        Ok(b)
-    }
-
-    fn encode_tensor_type(elem_type: i32, shape: &Option<TensorShapeProto>) -> Vec<u8> {
-        let mut b = Vec::new();
-        int(&mut b, 1, i64::from(elem_type));
-        if let Some(TensorShapeProto { dim }) = shape {
-            let mut s = Vec::new();
-            for d in dim {
-                let mut body = Vec::new();
-                // Oneof members are always written, even when they hold the default value.
-                match &d.value {
-                    Some(dimension::Value::DimValue(v)) => {
-                        key(&mut body, 1, VARINT);
-                        varint(&mut body, *v as u64);
-                    }
-                    Some(dimension::Value::DimParam(p)) => {
-                        len_delimited(&mut body, 2, p.as_bytes())
-                    }
-                    None => {}
-                }
-                bytes(&mut body, 3, d.denotation.as_bytes());
-                len_delimited(&mut s, 1, &body);
-            }
-            len_delimited(&mut b, 2, &s);
-        }
-        b
     }
 }
 
@@ -1837,9 +1473,11 @@ mod tests {
         let err = load_err(&path);
         assert!(matches!(
             &err,
-            OnnxHeadError::OpAtOpset { node, op, found: 11, expected, .. }
-                if node == "sq" && op == "Squeeze" && expected == "13..=17"
+            OnnxHeadError::OpAtOpset { node, op, found: 11, min: 13, max: 17, .. }
+                if node == "sq" && op == "Squeeze"
         ));
+        let msg = err.to_string();
+        assert!(msg.contains("expected opset 13..=17"), "{msg}");
 
         let mut m = model(17);
         graph_mut(&mut m).node[2].domain = "com.microsoft".to_string();

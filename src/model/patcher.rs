@@ -41,7 +41,7 @@ impl HaarPatcher {
 
     /// Number of latent frames for `t` input frames (`t = 1 + patch·k` → `1 + k`).
     pub fn latent_frames(&self, t: usize) -> Result<usize> {
-        if t == 0 || (t - 1) % self.patch != 0 {
+        if t == 0 || !(t - 1).is_multiple_of(self.patch) {
             bail!("frame count must be 1 + {}·k, found {t}", self.patch);
         }
         Ok(1 + (t - 1) / self.patch)

@@ -298,8 +298,8 @@ impl PolicySpec {
 pub enum Head {
     /// Candle MLP.
     Mlp(ActionHead),
-    /// ONNX graph.
-    Onnx(OnnxActionHead),
+    /// ONNX graph (boxed: it holds the whole parsed model).
+    Onnx(Box<OnnxActionHead>),
 }
 
 /// One line of `vw2 inspect`.
@@ -420,10 +420,10 @@ impl LoadedPolicy {
                     kind: "onnx".into(),
                     file: p,
                     dtype: "f32".into(),
-                    parameters: 0,
+                    parameters: onnx_parameter_count(&head),
                     unused_keys: vec![],
                 });
-                Head::Onnx(head)
+                Head::Onnx(Box::new(head))
             }
         };
         Ok(Self {
@@ -456,6 +456,23 @@ impl LoadedPolicy {
             }
         })
     }
+}
+
+/// Scalar parameters held by an ONNX head's floating-point initializers
+/// (integer initializers such as reshape targets are not parameters).
+fn onnx_parameter_count(head: &OnnxActionHead) -> usize {
+    head.model()
+        .graph
+        .as_ref()
+        .map(|g| {
+            g.initializer
+                .iter()
+                // FLOAT, FLOAT16, DOUBLE, BFLOAT16
+                .filter(|t| matches!(t.data_type, 1 | 10 | 11 | 16))
+                .map(|t| t.dims.iter().product::<i64>().max(0) as usize)
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// Sizes for [`create_random_policy`].
