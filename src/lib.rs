@@ -4,5 +4,6 @@
 //! [`policy`] (bundles and weight loading).
 
 pub mod cli;
+pub mod io;
 pub mod model;
 pub mod policy;

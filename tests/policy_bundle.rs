@@ -337,3 +337,68 @@ fn onnx_head_bundle_loads_and_matches_the_mlp() {
     let e = load_err(&yaml);
     assert!(e.contains("head.onnx") && e.contains("opset 18"), "{e}");
 }
+
+/// An official-style PyTorch checkpoint (`network.` prefix, nested under
+/// `model`, with the DiT connector and non-network keys) loads through the key
+/// map and gives the same outputs as the safetensors file it was made from.
+#[test]
+fn pytorch_checkpoint_with_official_keys_matches_safetensors() {
+    let (d, yaml) = fresh_policy(21);
+    let pt = d.path().join("dldm.pt");
+    let status = Command::new("python3")
+        .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/python"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .args(["-m", "vw2_sim_tools.torch_ckpt", "--from-safetensors"])
+        .arg(d.path().join("dldm.safetensors"))
+        .arg("--out")
+        .arg(&pt)
+        .args(["--prefix", "network.", "--nest", "model"])
+        .args(["--extra-key", "network.quant_to_dit_dim.weight=8x4"])
+        .args(["--extra-key", "ema.step=1"])
+        .status()
+        .expect("python3 is required (scripts/setup.sh installs it)");
+    assert!(status.success());
+    let st = LoadedPolicy::load(&yaml, &Device::Cpu).unwrap();
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    let text = text.replacen(
+        "weights: dldm.safetensors\n    format: safetensors",
+        "weights: dldm.pt\n    format: pytorch\n    state_key: model",
+        1,
+    );
+    assert!(text.contains("dldm.pt"));
+    std::fs::write(&yaml, text).unwrap();
+    let pt_policy = LoadedPolicy::load(&yaml, &Device::Cpu).unwrap();
+    let r = &pt_policy.reports[0];
+    assert_eq!(r.file, pt);
+    assert!(r.unused_keys.is_empty(), "{:?}", r.unused_keys);
+    assert_eq!(r.parameters, st.reports[0].parameters);
+    let a = st.dldm.encode(&clip()).unwrap();
+    let b = pt_policy.dldm.encode(&clip()).unwrap();
+    assert_eq!(
+        a.features.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        b.features.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+
+    // Without the `network.` prefix the file is not an official checkpoint.
+    let plain = d.path().join("plain.pt");
+    let status = Command::new("python3")
+        .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/python"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .args(["-m", "vw2_sim_tools.torch_ckpt", "--from-safetensors"])
+        .arg(d.path().join("dldm.safetensors"))
+        .arg("--out")
+        .arg(&plain)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&yaml)
+        .unwrap()
+        .replace("dldm.pt", "plain.pt")
+        .replace("    state_key: model\n", "");
+    std::fs::write(&yaml, text).unwrap();
+    let e = load_err(&yaml);
+    assert!(
+        e.contains("plain.pt") && e.contains("no key starts with 'network.'"),
+        "{e}"
+    );
+}

@@ -75,13 +75,13 @@ pub struct WeightsSpec {
     /// Path of the weight file, relative to the policy folder.
     pub weights: PathBuf,
     /// File format; guessed from the extension when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<WeightFormat>,
     /// Compute dtype.
     #[serde(default)]
     pub dtype: WeightDtype,
     /// For PyTorch pickles: the nested state-dict key (e.g. `model`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_key: Option<String>,
 }
 
@@ -124,10 +124,10 @@ pub struct HeadSpec {
     /// MLP or ONNX.
     pub kind: HeadKind,
     /// MLP sizes (required for `mlp`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<HeadConfig>,
     /// Action chunk length C (required for `onnx`; taken from `config` for `mlp`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk: Option<usize>,
     /// Weights.
     #[serde(flatten)]
