@@ -68,3 +68,16 @@ def to_wire(value):
         if isinstance(value, np.generic):
             return value.item()
     return value
+
+
+def from_wire(value):
+    """Inverse of to_wire for oracle input: flat lists of numbers become float arrays."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {k: from_wire(v) for k, v in value.items()}
+    if isinstance(value, list):
+        if value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return np.asarray(value, dtype=float)
+        return [from_wire(v) for v in value]
+    return value

@@ -38,9 +38,16 @@ def make_backend(args):
     raise SystemExit(f"unknown backend {args.backend!r}: expected playtable, calvin or fake")
 
 
-def serve(env, tasks, backend, inp, out):
-    from .protocol import encode_obs, read_frame, to_wire, write_frame
+INFO_CACHE_SIZE = 64
 
+
+def serve(env, tasks, backend, inp, out):
+    from .protocol import encode_obs, from_wire, read_frame, to_wire, write_frame
+
+    # `info` snapshots are kept here as the backend made them (numpy arrays and all),
+    # so `task_success` hands the oracle the very object, not a wire copy.
+    info_cache = {}
+    next_token = 1
     while True:
         req = read_frame(inp)
         if req is None:
@@ -59,9 +66,22 @@ def serve(env, tasks, backend, inp, out):
                     raise ValueError(f"action: expected 7 values, found {len(action)}")
                 rep = {"obs": encode_obs(env.step(action, bool(req.get("relative", True))))}
             elif op == "info":
-                rep = {"info": to_wire(env.get_info())}
+                raw = env.get_info()
+                token = next_token
+                next_token += 1
+                info_cache[token] = raw
+                info_cache.pop(token - INFO_CACHE_SIZE, None)
+                rep = {"info": {"token": token, "state": to_wire(raw)}}
             elif op == "task_success":
-                rep = {"completed": list(env.task_success(req["start_info"], list(req["tasks"])))}
+                start = req["start_info"]
+                token = start.get("token") if isinstance(start, dict) else None
+                if token in info_cache:
+                    start = info_cache[token]
+                elif isinstance(start, dict) and "state" in start:
+                    start = from_wire(start["state"])
+                else:
+                    raise ValueError("start_info: expected a reply of 'info'")
+                rep = {"completed": list(env.task_success(start, list(req["tasks"])))}
             elif op == "expert_action":
                 if not hasattr(env, "expert_action"):
                     raise ValueError(f"backend {backend} has no scripted expert")
