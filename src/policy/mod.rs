@@ -1,6 +1,9 @@
 //! Policy bundles: `policy.yaml`, weight files and the loaded components.
 
 pub mod bundle;
+pub mod closed_loop;
+pub mod instruction;
 pub mod weights;
 
 pub use bundle::{create_random_policy, LoadedPolicy, PolicySpec, RandomPolicySizes};
+pub use closed_loop::{Plan, Policy, PolicyOptions};

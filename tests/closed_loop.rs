@@ -1,0 +1,206 @@
+//! The closed-loop policy on the bundled tiny policy: plan timing, shapes,
+//! determinism, observed-vs-predicted codes, and refusals of bad input.
+
+use std::path::Path;
+
+use candle_core::Device;
+use vw2_policy::io::RgbImage;
+use vw2_policy::model::ar::Sampling;
+use vw2_policy::policy::closed_loop::resize_bilinear;
+use vw2_policy::policy::{LoadedPolicy, Policy, PolicyOptions};
+
+fn policy(options: PolicyOptions) -> Policy {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-policy");
+    let bundle = LoadedPolicy::load(&dir, &Device::Cpu).unwrap();
+    Policy::new(bundle, options, Device::Cpu).unwrap()
+}
+
+fn frame(i: usize) -> RgbImage {
+    // 200×200 like CALVIN's static camera; the policy resizes to 32×32.
+    let data = (0..200 * 200 * 3)
+        .map(|k| ((k * 31 + i * 17) % 251) as u8)
+        .collect();
+    RgbImage {
+        height: 200,
+        width: 200,
+        data,
+    }
+}
+
+fn run(p: &mut Policy, steps: usize) -> Vec<vw2_policy::policy::Plan> {
+    p.reset("open the drawer").unwrap();
+    (0..steps)
+        .filter_map(|i| p.observe(&frame(i), &[0.1; 15], i as f64 / 30.0).unwrap())
+        .collect()
+}
+
+#[test]
+fn plans_at_frame_zero_and_every_latent_step() {
+    let mut p = policy(PolicyOptions::default());
+    let plans = run(&mut p, 13);
+    let steps: Vec<usize> = plans.iter().map(|p| p.control_step).collect();
+    assert_eq!(steps, vec![0, 4, 8, 12]);
+    for (k, plan) in plans.iter().enumerate() {
+        assert_eq!(plan.latent_step, k + 1);
+        assert_eq!(plan.predicted_codes.len(), 4);
+        assert!(plan.predicted_codes.iter().all(|&c| c < 1000));
+        assert_eq!(plan.observed_codes.len(), if k == 0 { 0 } else { 4 });
+        assert_eq!(plan.actions.len(), 4);
+        assert!(plan.relative);
+        for a in &plan.actions {
+            assert!(a[..6].iter().all(|v| (-1.0..=1.0).contains(v)));
+            assert!(a[6] == 1.0 || a[6] == -1.0);
+        }
+        assert_eq!(plan.current_features.dims(), &[1, 1, 16, 4, 4]);
+        assert!((plan.t - plan.control_step as f64 / 30.0).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn same_seed_same_plans_and_reset_restarts() {
+    let opts = PolicyOptions {
+        sampling: Sampling::TopK {
+            k: 50,
+            temperature: 1.0,
+        },
+        seed: 3,
+        ..Default::default()
+    };
+    let mut a = policy(opts.clone());
+    let mut b = policy(opts);
+    let pa = run(&mut a, 9);
+    let pb = run(&mut b, 9);
+    for (x, y) in pa.iter().zip(&pb) {
+        assert_eq!(x.predicted_codes, y.predicted_codes);
+        assert_eq!(x.actions, y.actions);
+    }
+    // A reset replays the episode exactly.
+    let again = run(&mut a, 9);
+    for (x, y) in pa.iter().zip(&again) {
+        assert_eq!(x.predicted_codes, y.predicted_codes);
+        assert_eq!(x.observed_codes, y.observed_codes);
+    }
+}
+
+#[test]
+fn observed_codes_match_encoding_the_whole_clip() {
+    // With a window covering the episode, the codes observed at step k are the
+    // encoder's codes of step k on the whole clip (the encoder is causal).
+    let mut p = policy(PolicyOptions {
+        window_latent_steps: 8,
+        ..Default::default()
+    });
+    let plans = run(&mut p, 9);
+    let frames: Vec<candle_core::Tensor> = (0..9)
+        .map(|i| {
+            let f = resize_bilinear(&frame(i), 32, 32);
+            let t = candle_core::Tensor::from_slice(&f.data, (1, 32, 32, 3), &Device::Cpu).unwrap();
+            let t = t
+                .permute((0, 3, 1, 2))
+                .unwrap()
+                .to_dtype(candle_core::DType::F32)
+                .unwrap();
+            ((t / 127.5).unwrap() - 1.0).unwrap()
+        })
+        .collect();
+    let clip = candle_core::Tensor::stack(&frames, 1).unwrap();
+    let enc = p.bundle().dldm.encode(&clip).unwrap();
+    let idx = enc.indices.get(0).unwrap().to_vec2::<u32>().unwrap();
+    assert_eq!(plans[1].observed_codes, idx[0]);
+    assert_eq!(plans[2].observed_codes, idx[1]);
+}
+
+#[test]
+fn replan_every_step_between_latent_boundaries() {
+    let mut p = policy(PolicyOptions {
+        replan_every: Some(1),
+        ..Default::default()
+    });
+    let plans = run(&mut p, 6);
+    assert_eq!(
+        plans.iter().map(|p| p.control_step).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4, 5]
+    );
+    // Codes only change at latent boundaries.
+    assert_eq!(plans[1].predicted_codes, plans[0].predicted_codes);
+    assert_eq!(plans[3].predicted_codes, plans[0].predicted_codes);
+}
+
+#[test]
+fn long_episodes_rebuild_the_cache_instead_of_failing() {
+    // The tiny AR holds 256 positions: 5 prefix tokens + 4 codes per step would
+    // overflow after ~62 latent steps; a 90-step CALVIN subtask needs 360 frames.
+    let mut p = policy(PolicyOptions {
+        window_latent_steps: 2,
+        ..Default::default()
+    });
+    let plans = run(&mut p, 361);
+    assert_eq!(plans.len(), 91);
+}
+
+#[test]
+fn bad_input_is_refused_clearly() {
+    let mut p = policy(PolicyOptions::default());
+    let e = p
+        .observe(&frame(0), &[0.0; 15], 0.0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("reset"), "{e}");
+    p.reset("lift the red block").unwrap();
+    let e = p
+        .observe(&frame(0), &[0.0; 14], 0.0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("proprio: expected 15 values, found 14"), "{e}");
+    let mut bad = [0.0; 15];
+    bad[7] = f64::NAN;
+    let e = p.observe(&frame(0), &bad, 0.0).unwrap_err().to_string();
+    assert!(e.contains("proprio[7]"), "{e}");
+    let short = RgbImage {
+        height: 10,
+        width: 10,
+        data: vec![0; 20],
+    };
+    let e = p.observe(&short, &[0.0; 15], 0.0).unwrap_err().to_string();
+    assert!(
+        e.contains("frame: expected 10×10×3 = 300 bytes, found 20"),
+        "{e}"
+    );
+    let e = p
+        .observe(&frame(0), &[0.0; 15], f64::INFINITY)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("frame time"), "{e}");
+    let e = Policy::new(
+        LoadedPolicy::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-policy"),
+            &Device::Cpu,
+        )
+        .unwrap(),
+        PolicyOptions {
+            replan_every: Some(5),
+            ..Default::default()
+        },
+        Device::Cpu,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("replan_every: expected 1..=4, found 5"), "{e}");
+}
+
+#[test]
+fn bilinear_resize_preserves_constants_and_identity() {
+    let img = RgbImage {
+        height: 3,
+        width: 2,
+        data: (0..18).map(|i| i as u8 * 10).collect(),
+    };
+    assert_eq!(resize_bilinear(&img, 3, 2), img);
+    let flat = RgbImage {
+        height: 7,
+        width: 9,
+        data: vec![77; 7 * 9 * 3],
+    };
+    assert!(resize_bilinear(&flat, 4, 5).data.iter().all(|&v| v == 77));
+}
