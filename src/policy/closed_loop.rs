@@ -199,7 +199,7 @@ impl Policy {
             self.visual_prefix = Some(prefix);
             self.current_features = Some(feats);
             self.predict_next()?;
-        } else if n % s == 0 {
+        } else if n.is_multiple_of(s) {
             observed = self.encode_latest_step()?;
             self.observed.push(observed.clone());
             self.ensure_cache_room()?;
@@ -207,7 +207,11 @@ impl Policy {
             let cache = self.cache.as_mut().expect("prefilled at frame 0");
             self.bundle.ar.step(cache, &codes)?;
             self.predict_next()?;
-        } else if self.options.replan_every.is_none_or(|k| n % s % k != 0) {
+        } else if self
+            .options
+            .replan_every
+            .is_none_or(|k| !(n % s).is_multiple_of(k))
+        {
             return Ok(None);
         }
         let actions = self.run_head(proprio.as_ref())?;
@@ -298,8 +302,8 @@ impl Policy {
             .into_iter()
             .map(|mut r| {
                 if !norm.action_std.is_empty() {
-                    for i in 0..ACTION_DIM {
-                        r[i] = r[i] * norm.action_std[i] + norm.action_mean[i];
+                    for ((v, sd), m) in r.iter_mut().zip(&norm.action_std).zip(&norm.action_mean) {
+                        *v = *v * sd + m;
                     }
                 }
                 r
