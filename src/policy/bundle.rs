@@ -225,6 +225,13 @@ impl PolicySpec {
                 ));
             }
         }
+        if n.action_mean.len() != n.action_std.len() {
+            return Err(format!(
+                "normalization.action_std: expected {} values (as action_mean), found {}",
+                n.action_mean.len(),
+                n.action_std.len()
+            ));
+        }
         if n.action_std
             .iter()
             .chain(&n.proprio_std)
