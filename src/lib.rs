@@ -3,7 +3,9 @@
 //! Modules: [`model`] (dLDM, AR transformer, action head in candle) and
 //! [`policy`] (bundles and weight loading).
 
+pub mod calibration;
 pub mod cli;
+pub mod data;
 pub mod io;
 pub mod model;
 pub mod policy;

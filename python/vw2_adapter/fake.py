@@ -20,6 +20,7 @@ class FakeEnv:
         self.hang_after = hang_after
         self.garbage_after = garbage_after
         self.steps = 0
+        self.total_steps = 0  # fault injection counts steps over the whole session
         self.robot_obs = np.zeros(15)
         self.scene_obs = np.zeros(24)
 
@@ -42,11 +43,12 @@ class FakeEnv:
 
     def step(self, action, relative=True):
         self.steps += 1
-        if self.crash_after is not None and self.steps > self.crash_after:
+        self.total_steps += 1
+        if self.crash_after is not None and self.total_steps > self.crash_after:
             os._exit(3)
-        if self.hang_after is not None and self.steps > self.hang_after:
+        if self.hang_after is not None and self.total_steps > self.hang_after:
             time.sleep(3600)
-        if self.garbage_after is not None and self.steps > self.garbage_after:
+        if self.garbage_after is not None and self.total_steps > self.garbage_after:
             out = os.fdopen(int(os.environ["VW2_ADAPTER_FD"]), "wb", closefd=False)
             body = b"\xc1 is never valid msgpack"
             out.write(len(body).to_bytes(4, "little") + body)
@@ -76,6 +78,17 @@ class FakeEnv:
                 done.append(t)
         return done
 
+    def sample_task(self, seed, tasks):
+        task = (tasks or ["open_drawer"])[0]
+        robot = [0.0] * 15
+        robot[14] = 1.0
+        return {"task": task, "instruction": "pull the handle to open the drawer",
+                "robot_obs": robot, "scene_obs": [0.0] * 24}
+
+    def expert_action(self, task):
+        # Moves +x so the fake drawer opens after 7 steps.
+        return [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+
     def close(self):
         pass
 
@@ -87,3 +100,4 @@ def make(args):
 
     print("fake env ready", file=sys.stderr)
     return FakeEnv(opt("crash_after"), opt("hang_after"), opt("garbage_after"))
+

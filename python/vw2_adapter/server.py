@@ -86,6 +86,10 @@ def serve(env, tasks, backend, inp, out):
                 if not hasattr(env, "expert_action"):
                     raise ValueError(f"backend {backend} has no scripted expert")
                 rep = {"action": [float(v) for v in env.expert_action(req["task"])]}
+            elif op == "sample_task":
+                if not hasattr(env, "sample_task"):
+                    raise ValueError(f"backend {backend} cannot propose tasks")
+                rep = to_wire(env.sample_task(int(req.get("seed", 0)), list(req.get("tasks") or [])))
             elif op == "close":
                 env.close()
                 write_frame(out, {"id": rid, "ok": True})

@@ -31,6 +31,36 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Record scripted-expert episodes from a simulator as a CALVIN-format dataset.
+    Record {
+        /// Simulator backend: playtable (built in), calvin or fake.
+        #[arg(long, default_value = "playtable")]
+        backend: String,
+        /// Successful episodes wanted in the dataset (a rerun resumes).
+        #[arg(long)]
+        episodes: usize,
+        /// Dataset folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Base seed of the episode sampler.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Comma-separated task names to record (default: the backend's recordable tasks).
+        #[arg(long, value_delimiter = ',')]
+        tasks: Vec<String>,
+        /// Step budget per episode.
+        #[arg(long, default_value_t = 360)]
+        max_steps: usize,
+        /// Extra argument for the simulator server (repeatable), e.g. `--sim-arg=--calvin-env=/path`.
+        #[arg(long = "sim-arg", allow_hyphen_values = true)]
+        sim_args: Vec<String>,
+    },
+    /// Camera calibration tools.
+    Calibrate {
+        /// Which calibration.
+        #[command(subcommand)]
+        what: CalibrateCommand,
+    },
     /// Write a tiny random-weight policy bundle (for tests and plumbing checks).
     MakeRandomPolicy {
         /// Output folder.
@@ -45,6 +75,20 @@ pub enum Command {
     },
 }
 
+/// `vw2 calibrate …`.
+#[derive(Debug, Subcommand)]
+pub enum CalibrateCommand {
+    /// Hand-eye calibration (OpenCV calibrateHandEye) from recorded gripper/target pose pairs.
+    HandEye {
+        /// YAML or JSON file: `{mode, method, pairs: [{gripper_in_base, target_in_camera}]}`.
+        #[arg(long)]
+        poses: PathBuf,
+        /// Write the resulting transform here (YAML).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
 /// Runs the CLI.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -53,6 +97,36 @@ pub fn run(cli: Cli) -> Result<()> {
             forward,
             json,
         } => inspect(&policy, forward, json),
+        Command::Calibrate {
+            what: CalibrateCommand::HandEye { poses, out },
+        } => {
+            let report = crate::calibration::run_hand_eye_cli(&poses, out.as_deref())?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Record {
+            backend,
+            episodes,
+            out,
+            seed,
+            tasks,
+            max_steps,
+            sim_args,
+        } => {
+            let mut env = crate::io::env_adapter::EnvConfig::new(&backend);
+            env.args = sim_args;
+            let opts = crate::data::record::RecordOptions {
+                episodes,
+                seed,
+                max_steps,
+                tasks,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                ..Default::default()
+            };
+            let summary = crate::data::record::record(&env, &out, &opts)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
         Command::MakeRandomPolicy { out, seed, name } => {
             let yaml = create_random_policy(&out, &name, seed, &RandomPolicySizes::tiny())?;
             println!("wrote {}", yaml.display());

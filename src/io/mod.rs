@@ -3,34 +3,8 @@
 
 pub mod env_adapter;
 
-use serde::{Deserialize, Serialize};
-
-/// An 8-bit RGB image, row-major `H × W × 3`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct RgbImage {
-    /// Rows (px).
-    pub height: usize,
-    /// Columns (px).
-    pub width: usize,
-    /// `height · width · 3` bytes, HWC.
-    pub data: Vec<u8>,
-}
-
-impl RgbImage {
-    /// Checks that `data` holds `height · width · 3` bytes.
-    pub fn validate(&self, what: &str) -> Result<(), String> {
-        let want = self.height * self.width * 3;
-        if self.data.len() != want {
-            return Err(format!(
-                "{what}: expected {}×{}×3 = {want} bytes, found {}",
-                self.height,
-                self.width,
-                self.data.len()
-            ));
-        }
-        Ok(())
-    }
-}
+/// An 8-bit RGB image, row-major `H × W × 3` (the dataset module's image type).
+pub use crate::data::Image as RgbImage;
 
 /// Length of CALVIN's `robot_obs`: tcp xyz (m), tcp euler xyz (rad), gripper
 /// width (m), 7 joint angles (rad), last gripper action (±1).
