@@ -9,3 +9,4 @@ pub mod data;
 pub mod io;
 pub mod model;
 pub mod policy;
+pub mod safety;
