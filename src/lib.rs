@@ -9,4 +9,5 @@ pub mod data;
 pub mod io;
 pub mod model;
 pub mod policy;
+pub mod runtime;
 pub mod safety;

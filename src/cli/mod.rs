@@ -55,6 +55,42 @@ pub enum Command {
         #[arg(long = "sim-arg", allow_hyphen_values = true)]
         sim_args: Vec<String>,
     },
+    /// Run a policy closed-loop on a simulator through the real-time pipeline.
+    Run {
+        /// Policy bundle (`policy.yaml` or its folder).
+        #[arg(long)]
+        policy: PathBuf,
+        /// Simulator backend: playtable, calvin or fake.
+        #[arg(long, default_value = "playtable")]
+        backend: String,
+        /// The instruction.
+        #[arg(long)]
+        instruction: String,
+        /// Control steps (30 Hz).
+        #[arg(long, default_value_t = 360)]
+        steps: u64,
+        /// Safety envelope YAML (default: CALVIN's workspace).
+        #[arg(long)]
+        safety: Option<PathBuf>,
+        /// Skip rendering imagined futures.
+        #[arg(long)]
+        no_monitor: bool,
+        /// Folder for run_report.json and imagined strips.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Sampler seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Extra argument for the simulator server (repeatable).
+        #[arg(long = "sim-arg", allow_hyphen_values = true)]
+        sim_args: Vec<String>,
+    },
+    /// Benchmarks.
+    Bench {
+        /// Which benchmark.
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Camera calibration tools.
     Calibrate {
         /// Which calibration.
@@ -72,6 +108,23 @@ pub enum Command {
         /// Bundle name.
         #[arg(long, default_value = "tiny-random")]
         name: String,
+    },
+}
+
+/// `vw2 bench …`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Runtime latency and jitter (lockstep obs→command, 30 Hz actuate jitter with and without the monitor).
+    Runtime {
+        /// Measure with this policy instead of the model-free planner.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Seconds per real-time case.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -97,6 +150,57 @@ pub fn run(cli: Cli) -> Result<()> {
             forward,
             json,
         } => inspect(&policy, forward, json),
+        Command::Run {
+            policy,
+            backend,
+            instruction,
+            steps,
+            safety,
+            no_monitor,
+            out,
+            seed,
+            sim_args,
+        } => {
+            let opts = crate::runtime::cli::RunOptions {
+                policy,
+                backend,
+                sim_args,
+                instruction,
+                steps,
+                safety,
+                monitor: !no_monitor,
+                out,
+                seed,
+            };
+            let report = crate::runtime::cli::run_on_simulator(&opts)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Bench {
+            what: BenchCommand::Runtime { policy, seconds, json },
+        } => {
+            let b = crate::runtime::cli::bench_runtime(policy.as_deref(), seconds)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&b)?);
+            } else {
+                for c in [&b.lockstep, &b.realtime, &b.realtime_monitor] {
+                    let r = &c.report;
+                    println!(
+                        "{:<28} obs→command p50 {:.3} ms p99 {:.3} ms | jitter p50 {:.3} ms p99 {:.3} ms | plan p99 {:.3} ms | monitor {} done {} dropped",
+                        c.name,
+                        r.obs_to_command.p50_ms,
+                        r.obs_to_command.p99_ms,
+                        r.actuate_jitter.p50_ms,
+                        r.actuate_jitter.p99_ms,
+                        r.plan_time.p99_ms,
+                        r.monitor_frames,
+                        r.dropped_monitor_frames
+                    );
+                }
+                println!("monitor jitter ratio (p99 with / without): {:.3}", b.monitor_jitter_ratio);
+            }
+            Ok(())
+        }
         Command::Calibrate {
             what: CalibrateCommand::HandEye { poses, out },
         } => {

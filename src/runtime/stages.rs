@@ -1,0 +1,610 @@
+//! Stages of the pipeline and the function that wires them.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use serde::Serialize;
+
+use super::clock::{instant_at, now_s, sleep_until};
+use super::ingest::to_rgb_resized;
+use super::metrics::{Histogram, Summary};
+use crate::io::robot::{tcp_from_robot_obs, CommandSink, ObservationSource, RobotIo};
+use crate::io::RgbImage;
+use crate::model::dldm::Dldm;
+use crate::model::head::ACTION_DIM;
+use crate::policy::{Plan, Policy};
+use crate::safety::{
+    ActionRequest, CommandKind, GripperState, SafetyConfig, SafetyLayer,
+};
+
+/// Something that turns frames into plans (the closed-loop policy, or a
+/// model-free stand-in for measuring the runtime itself).
+pub trait Planner: Send {
+    /// Starts an episode.
+    fn reset(&mut self, instruction: &str) -> Result<()>;
+    /// Model input size `[h, w]` (px).
+    fn image_size(&self) -> [usize; 2];
+    /// One frame (RGB at `image_size`), proprio and its capture time (s).
+    fn observe(&mut self, frame: &RgbImage, proprio: &[f64], t: f64) -> Result<Option<Plan>>;
+}
+
+impl Planner for Policy {
+    fn reset(&mut self, instruction: &str) -> Result<()> {
+        Policy::reset(self, instruction)
+    }
+    fn image_size(&self) -> [usize; 2] {
+        self.bundle().spec.image_size
+    }
+    fn observe(&mut self, frame: &RgbImage, proprio: &[f64], t: f64) -> Result<Option<Plan>> {
+        Policy::observe(self, frame, proprio, t)
+    }
+}
+
+/// A model-free planner: every `steps_per_latent` frames it returns a chunk of
+/// zero-motion actions (gripper open) at once. Measures the runtime's overhead.
+pub struct NullPlanner {
+    /// Input size `[h, w]`.
+    pub image_size: [usize; 2],
+    /// Control steps per plan.
+    pub steps_per_latent: usize,
+    step: usize,
+}
+
+impl NullPlanner {
+    /// A planner for `image_size` that plans every `steps_per_latent` frames.
+    pub fn new(image_size: [usize; 2], steps_per_latent: usize) -> Self {
+        Self { image_size, steps_per_latent, step: 0 }
+    }
+}
+
+impl Planner for NullPlanner {
+    fn reset(&mut self, _instruction: &str) -> Result<()> {
+        self.step = 0;
+        Ok(())
+    }
+    fn image_size(&self) -> [usize; 2] {
+        self.image_size
+    }
+    fn observe(&mut self, _frame: &RgbImage, _proprio: &[f64], t: f64) -> Result<Option<Plan>> {
+        let n = self.step;
+        self.step += 1;
+        if !n.is_multiple_of(self.steps_per_latent) {
+            return Ok(None);
+        }
+        let mut hold = [0f32; ACTION_DIM];
+        hold[6] = 1.0;
+        Ok(Some(Plan {
+            t,
+            control_step: n,
+            latent_step: n / self.steps_per_latent + 1,
+            observed_codes: vec![],
+            predicted_codes: vec![0; 4],
+            actions: vec![hold; self.steps_per_latent],
+            relative: true,
+            current_features: Tensor::zeros((1, 1, 1, 1, 1), DType::F32, &Device::Cpu)?,
+        }))
+    }
+}
+
+/// Renders a plan's imagined future as an RGB strip.
+pub trait Renderer: Send {
+    /// One image for the plan (e.g. the predicted frames side by side).
+    fn render(&mut self, plan: &Plan) -> Result<RgbImage>;
+}
+
+/// The coarse decoder: renders the frames implied by the predicted codes,
+/// starting from the current frame's features, as a horizontal strip.
+pub struct DecoderRenderer {
+    dldm: Dldm,
+    num_queries: usize,
+}
+
+impl DecoderRenderer {
+    /// Uses the bundle's dLDM (shares its weights).
+    pub fn new(dldm: Dldm) -> Self {
+        let num_queries = dldm.config().num_queries;
+        Self { dldm, num_queries }
+    }
+}
+
+impl Renderer for DecoderRenderer {
+    fn render(&mut self, plan: &Plan) -> Result<RgbImage> {
+        let idx = Tensor::new(plan.predicted_codes.as_slice(), plan.current_features.device())?
+            .reshape((1, 1, self.num_queries))?;
+        let frames = self.dldm.decode_indices(&plan.current_features, &idx)?; // [1, T, 3, H, W]
+        frames_to_strip(&frames.narrow(1, 1, frames.dim(1)? - 1)?)
+    }
+}
+
+/// `[1, T, 3, H, W]` in [−1, 1] → an RGB strip `H × (T·W)`.
+pub fn frames_to_strip(frames: &Tensor) -> Result<RgbImage> {
+    let (_, t, _, h, w) = frames.dims5()?;
+    let px = ((frames.squeeze(0)?.clamp(-1.0, 1.0)? + 1.0)? * 127.5)?
+        .round()?
+        .to_dtype(DType::U8)?
+        .permute((2, 0, 3, 1))? // [H, T, W, 3]
+        .contiguous()?
+        .flatten_all()?
+        .to_vec1::<u8>()?;
+    Ok(RgbImage { height: h, width: t * w, data: px })
+}
+
+/// A renderer that only burns CPU for a fixed time (benchmarks).
+pub struct BusyRenderer {
+    /// Time spent per render (s).
+    pub seconds: f64,
+}
+
+impl Renderer for BusyRenderer {
+    fn render(&mut self, _plan: &Plan) -> Result<RgbImage> {
+        let until = Instant::now() + Duration::from_secs_f64(self.seconds);
+        let mut x = 0u64;
+        while Instant::now() < until {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        Ok(RgbImage { height: 1, width: 1, data: vec![(x & 0xff) as u8; 3] })
+    }
+}
+
+/// Settings of one run.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// The safety envelope.
+    pub safety: SafetyConfig,
+    /// Instruction given to the planner.
+    pub instruction: String,
+    /// Stop after this many actuate ticks (None: until the source ends or stop is set).
+    pub max_steps: Option<u64>,
+    /// Monitor queue capacity (plans); the oldest is dropped when full.
+    pub monitor_queue: usize,
+    /// Imagined strips kept in the report (the newest ones).
+    pub keep_imagined: usize,
+    /// How long ingest waits for an observation before failing (s).
+    pub frame_timeout_s: f64,
+}
+
+impl RuntimeConfig {
+    /// Defaults around a safety config and an instruction.
+    pub fn new(safety: SafetyConfig, instruction: &str) -> Self {
+        Self {
+            safety,
+            instruction: instruction.into(),
+            max_steps: None,
+            monitor_queue: 4,
+            keep_imagined: 16,
+            frame_timeout_s: 30.0,
+        }
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunReport {
+    /// Actuate ticks.
+    pub ticks: u64,
+    /// Commands sent (Move or Hold).
+    pub commands: u64,
+    /// Of which Hold.
+    pub holds: u64,
+    /// Plans made.
+    pub plans: u64,
+    /// Frames ingested.
+    pub frames: u64,
+    /// Capture → command that first used the plan made from that frame.
+    pub obs_to_command: Summary,
+    /// Capture → plan ready for actuate (ingest + plan + hand-off).
+    pub obs_to_plan: Summary,
+    /// Planner time per frame.
+    pub plan_time: Summary,
+    /// Actuate tick lateness against its deadline (real-time mode only).
+    pub actuate_jitter: Summary,
+    /// Monitor renders done.
+    pub monitor_frames: u64,
+    /// Plans the monitor dropped because its queue was full.
+    pub dropped_monitor_frames: u64,
+    /// Monitor render time.
+    pub render_time: Summary,
+    /// Safety events by kind.
+    pub safety_events: std::collections::BTreeMap<String, u64>,
+    /// Why the run ended.
+    pub ended_by: String,
+    /// Newest imagined strips `(plan control step, image)`.
+    #[serde(skip)]
+    pub imagined: Vec<(usize, RgbImage)>,
+}
+
+/// A frame after ingest.
+struct Ingested {
+    seq: u64,
+    t: f64,
+    wall: Instant,
+    image: RgbImage,
+    robot_obs: Vec<f64>,
+}
+
+/// The planner's answer for one frame.
+struct PlanUpdate {
+    t: f64,
+    wall: Instant,
+    robot_obs: Vec<f64>,
+    plan: Option<Arc<Plan>>,
+}
+
+/// A bounded queue that drops its oldest item when full (never blocks the producer).
+struct DropOldest<T> {
+    q: Mutex<(VecDeque<T>, bool)>,
+    cv: Condvar,
+    cap: usize,
+    dropped: AtomicU64,
+}
+
+impl<T> DropOldest<T> {
+    fn new(cap: usize) -> Self {
+        Self { q: Mutex::new((VecDeque::new(), false)), cv: Condvar::new(), cap: cap.max(1), dropped: AtomicU64::new(0) }
+    }
+    fn push(&self, item: T) {
+        let mut g = self.q.lock().expect("monitor queue poisoned");
+        if g.0.len() == self.cap {
+            g.0.pop_front();
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        g.0.push_back(item);
+        self.cv.notify_one();
+    }
+    fn close(&self) {
+        self.q.lock().expect("monitor queue poisoned").1 = true;
+        self.cv.notify_all();
+    }
+    fn pop(&self) -> Option<T> {
+        let mut g = self.q.lock().expect("monitor queue poisoned");
+        loop {
+            if let Some(x) = g.0.pop_front() {
+                return Some(x);
+            }
+            if g.1 {
+                return None;
+            }
+            g = self.cv.wait(g).expect("monitor queue poisoned");
+        }
+    }
+}
+
+/// Ingest stage: source → RGB at the model size → plan channel.
+struct IngestStage {
+    source: Box<dyn ObservationSource>,
+    out: Sender<Ingested>,
+    latest: Option<Receiver<Ingested>>,
+    size: [usize; 2],
+    timeout: Duration,
+}
+
+impl IngestStage {
+    /// One observation; `false` at the end of the stream.
+    fn process(&mut self) -> Result<bool> {
+        let Some(obs) = self.source.next(self.timeout)? else {
+            return Ok(false);
+        };
+        let wall = Instant::now();
+        let image = to_rgb_resized(&obs.frame, self.size[0], self.size[1])
+            .with_context(|| format!("frame {}", obs.seq))?;
+        let msg = Ingested { seq: obs.seq, t: obs.t, wall, image, robot_obs: obs.robot_obs };
+        // Real time: keep only the newest frame waiting for the planner.
+        if let Some(rx) = &self.latest {
+            while rx.try_recv().is_ok() {}
+        }
+        Ok(self.out.send(msg).is_ok())
+    }
+}
+
+/// Runs the pipeline until the source ends, `cfg.max_steps` ticks pass, or
+/// `stop` is set (Ctrl-C). The robot is held on the way out.
+pub fn run(
+    io: Box<dyn RobotIo>,
+    mut planner: Box<dyn Planner>,
+    renderer: Option<Box<dyn Renderer>>,
+    cfg: RuntimeConfig,
+    stop: Arc<AtomicBool>,
+) -> Result<RunReport> {
+    let lockstep = io.lockstep();
+    let rate = io.control_rate_hz();
+    let initial_tcp = io.initial_tcp();
+    let (source, sink) = io.split();
+    let mut safety = SafetyLayer::new(cfg.safety.clone()).map_err(|e| anyhow!("safety config: {e}"))?;
+    safety
+        .reset(initial_tcp, GripperState::Open, if lockstep { 0.0 } else { now_s() })
+        .map_err(|e| anyhow!("safety reset: {e}"))?;
+    planner.reset(&cfg.instruction)?;
+    let size = planner.image_size();
+
+    // Channels: lockstep keeps every message; real time keeps the newest.
+    let (ingest_tx, ingest_rx) = if lockstep { crossbeam_channel::unbounded() } else { crossbeam_channel::bounded(1) };
+    let (plan_tx, plan_rx) = crossbeam_channel::unbounded::<PlanUpdate>();
+    let monitor = Arc::new(DropOldest::<Arc<Plan>>::new(cfg.monitor_queue));
+    let last_frame_t = Arc::new(AtomicU64::new(f64::NAN.to_bits()));
+    let failed = Arc::new(Mutex::new(None::<anyhow::Error>));
+
+    std::thread::scope(|scope| -> Result<RunReport> {
+        // --- ingest
+        let ingest = {
+            let mut stage = IngestStage {
+                source,
+                out: ingest_tx,
+                latest: if lockstep { None } else { Some(ingest_rx.clone()) },
+                size,
+                timeout: Duration::from_secs_f64(cfg.frame_timeout_s),
+            };
+            let stop = stop.clone();
+            let failed = failed.clone();
+            std::thread::Builder::new().name("vw2-ingest".into()).spawn_scoped(scope, move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match stage.process() {
+                        Ok(true) => n += 1,
+                        Ok(false) => break,
+                        Err(e) => {
+                            failed.lock().expect("poisoned").get_or_insert(e.context("ingest"));
+                            break;
+                        }
+                    }
+                }
+                n
+            })?
+        };
+        // --- plan
+        let plan_thread = {
+            let failed = failed.clone();
+            let monitor = monitor.clone();
+            let with_monitor = renderer.is_some();
+            let frames_t = last_frame_t.clone();
+            std::thread::Builder::new().name("vw2-plan".into()).spawn_scoped(scope, move || {
+                let mut plan_time = Histogram::default();
+                let mut obs_to_plan = Histogram::default();
+                let mut plans = 0u64;
+                for msg in ingest_rx.iter() {
+                    // The watchdog sees the newest frame's capture time.
+                    frames_t.store(msg.t.to_bits(), Ordering::Release);
+                    let t0 = Instant::now();
+                    let plan = match planner.observe(&msg.image, &msg.robot_obs, msg.t) {
+                        Ok(p) => p.map(Arc::new),
+                        Err(e) => {
+                            failed.lock().expect("poisoned").get_or_insert(e.context(format!("plan, frame {}", msg.seq)));
+                            break;
+                        }
+                    };
+                    plan_time.record(t0.elapsed().as_secs_f64());
+                    if let Some(p) = &plan {
+                        plans += 1;
+                        obs_to_plan.record(msg.wall.elapsed().as_secs_f64());
+                        if with_monitor {
+                            monitor.push(p.clone());
+                        }
+                    }
+                    let upd = PlanUpdate { t: msg.t, wall: msg.wall, robot_obs: msg.robot_obs, plan };
+                    if plan_tx.send(upd).is_err() {
+                        break;
+                    }
+                }
+                monitor.close();
+                (plan_time, obs_to_plan, plans)
+            })?
+        };
+        // --- monitor
+        let monitor_thread = renderer.map(|mut r| {
+            let monitor = monitor.clone();
+            let keep = cfg.keep_imagined;
+            std::thread::Builder::new()
+                .name("vw2-monitor".into())
+                .spawn_scoped(scope, move || {
+                    let mut render_time = Histogram::default();
+                    let mut imagined: VecDeque<(usize, RgbImage)> = VecDeque::new();
+                    let mut n = 0u64;
+                    while let Some(plan) = monitor.pop() {
+                        let t0 = Instant::now();
+                        match r.render(&plan) {
+                            Ok(img) => {
+                                n += 1;
+                                if imagined.len() == keep {
+                                    imagined.pop_front();
+                                }
+                                imagined.push_back((plan.control_step, img));
+                            }
+                            Err(e) => tracing::warn!(error = %e, "monitor render failed"),
+                        }
+                        render_time.record(t0.elapsed().as_secs_f64());
+                    }
+                    (render_time, n, imagined)
+                })
+                .expect("spawn monitor")
+        });
+
+        // --- actuate (this thread)
+        let mut act = Actuate {
+            safety: &mut safety,
+            sink,
+            plan: None,
+            rate,
+            report: RunReport::default(),
+            latency: Histogram::default(),
+            jitter: Histogram::default(),
+            pending_latency: None,
+        };
+        let ended_by = if lockstep {
+            act.run_lockstep(&plan_rx, &cfg, &stop)
+        } else {
+            act.run_realtime(&plan_rx, &cfg, &stop, &last_frame_t)
+        };
+        // Hold on the way out, then let the other stages finish: dropping the
+        // sink and the plan receiver ends lockstep sources and the planner.
+        act.halt();
+        let _ = act.sink.close();
+        stop.store(true, Ordering::Relaxed);
+        let mut report = std::mem::take(&mut act.report);
+        report.obs_to_command = act.latency.summary();
+        report.actuate_jitter = act.jitter.summary();
+        drop(act);
+        drop(plan_rx);
+        report.frames = ingest.join().map_err(|_| anyhow!("ingest thread panicked"))?;
+        let (plan_time, obs_to_plan, plans) = plan_thread.join().map_err(|_| anyhow!("plan thread panicked"))?;
+        report.plan_time = plan_time.summary();
+        report.obs_to_plan = obs_to_plan.summary();
+        report.plans = plans;
+        if let Some(h) = monitor_thread {
+            let (render_time, n, imagined) = h.join().map_err(|_| anyhow!("monitor thread panicked"))?;
+            report.render_time = render_time.summary();
+            report.monitor_frames = n;
+            report.imagined = imagined.into_iter().collect();
+        }
+        report.dropped_monitor_frames = monitor.dropped.load(Ordering::Relaxed);
+        for e in safety.drain_events() {
+            let name = format!("{:?}", e.kind);
+            let name = name.split([' ', '{', '(']).next().unwrap_or("").to_string();
+            *report.safety_events.entry(name).or_default() += 1;
+        }
+        report.ended_by = ended_by?;
+        if let Some(e) = failed.lock().expect("poisoned").take() {
+            return Err(e);
+        }
+        Ok(report)
+    })
+}
+
+/// Actuate stage state.
+struct Actuate<'a> {
+    safety: &'a mut SafetyLayer,
+    sink: Box<dyn CommandSink>,
+    plan: Option<Arc<Plan>>,
+    rate: f64,
+    report: RunReport,
+    latency: Histogram,
+    jitter: Histogram,
+    /// Wall time of the frame behind the newest plan, until a command uses it.
+    pending_latency: Option<Instant>,
+}
+
+impl Actuate<'_> {
+    fn absorb(&mut self, upd: PlanUpdate) {
+        self.safety.on_frame(upd.t);
+        self.safety.on_proprio(upd.t, tcp_from_robot_obs(&upd.robot_obs));
+        if let Some(p) = upd.plan {
+            self.plan = Some(p);
+            self.pending_latency = Some(upd.wall);
+        }
+    }
+
+    /// The action for control time `t` from the current chunk (hold when it ran out).
+    fn request(&self, t: f64) -> Option<ActionRequest> {
+        let plan = self.plan.as_ref()?;
+        let idx = ((t - plan.t) * self.rate + 1e-6).floor().max(0.0) as usize;
+        let a = match plan.actions.get(idx) {
+            Some(a) => a.map(f64::from),
+            None => {
+                let mut hold = [0.0; 7];
+                hold[6] = plan.actions.last().map_or(1.0, |a| f64::from(a[6]));
+                hold
+            }
+        };
+        Some(ActionRequest::from_calvin_relative(plan.t, a, 0.02, 0.05))
+    }
+
+    fn tick(&mut self, now: f64) -> Result<bool> {
+        self.report.ticks += 1;
+        let req = self.request(now);
+        match self.safety.process(now, req.as_ref()) {
+            Some(cmd) => {
+                self.sink.send(&cmd)?;
+                if let Some(w) = self.pending_latency.take() {
+                    self.latency.record(w.elapsed().as_secs_f64());
+                }
+                self.report.commands += 1;
+                if cmd.kind == CommandKind::Hold {
+                    self.report.holds += 1;
+                }
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn run_lockstep(&mut self, rx: &Receiver<PlanUpdate>, cfg: &RuntimeConfig, stop: &AtomicBool) -> Result<String> {
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok("stopped".into());
+            }
+            if cfg.max_steps.is_some_and(|m| self.report.ticks >= m) {
+                return Ok("max_steps".into());
+            }
+            let Ok(upd) = rx.recv() else {
+                return Ok("end of stream".into());
+            };
+            let t = upd.t;
+            self.absorb(upd);
+            if !self.tick(t)? {
+                // The safety layer went silent: the robot will not advance.
+                return Ok("safety silent".into());
+            }
+        }
+    }
+
+    fn run_realtime(
+        &mut self,
+        rx: &Receiver<PlanUpdate>,
+        cfg: &RuntimeConfig,
+        stop: &AtomicBool,
+        last_frame_t: &AtomicU64,
+    ) -> Result<String> {
+        let period = 1.0 / self.rate;
+        let start = now_s();
+        let mut k = 0u64;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok("stopped".into());
+            }
+            if cfg.max_steps.is_some_and(|m| k >= m) {
+                return Ok("max_steps".into());
+            }
+            let deadline = start + k as f64 * period;
+            sleep_until(instant_at(deadline));
+            let now = now_s();
+            self.jitter.record(now - deadline);
+            k += 1;
+            loop {
+                match rx.try_recv() {
+                    Ok(upd) => self.absorb(upd),
+                    // A dead camera is the watchdog's business: keep ticking
+                    // (holds) until the safety layer goes quiet.
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            let f = f64::from_bits(last_frame_t.load(Ordering::Acquire));
+            if f.is_finite() {
+                self.safety.on_frame(f);
+            }
+            if !self.tick(now)? {
+                return Ok("safety silent".into());
+            }
+        }
+    }
+
+    /// Sends hold commands until the safety layer goes quiet (e-stop path).
+    fn halt(&mut self) {
+        self.safety.estop();
+        let now = now_s();
+        for _ in 0..self.safety.config().hold_repeats {
+            match self.safety.process(now, None) {
+                Some(cmd) => {
+                    if self.sink.send(&cmd).is_err() {
+                        break;
+                    }
+                    self.report.holds += 1;
+                    self.report.commands += 1;
+                }
+                None => break,
+            }
+        }
+    }
+}
