@@ -400,6 +400,7 @@ pub fn run(
             std::thread::Builder::new()
                 .name("vw2-monitor".into())
                 .spawn_scoped(scope, move || {
+                    lower_thread_priority();
                     let mut render_time = Histogram::default();
                     let mut imagined: VecDeque<(usize, RgbImage)> = VecDeque::new();
                     let mut n = 0u64;
@@ -471,6 +472,23 @@ pub fn run(
         }
         Ok(report)
     })
+}
+
+/// Gives the calling thread the lowest CPU priority (nice 19), so rendering
+/// imagined futures yields to ingest, plan and actuate on a busy machine.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions; setpriority on our own thread id
+        // only changes this thread's nice value.
+        let rc = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, 19)
+        };
+        if rc != 0 {
+            tracing::debug!("could not lower the monitor thread's priority");
+        }
+    }
 }
 
 /// Actuate stage state.
