@@ -23,6 +23,7 @@ class FakeEnv:
         self.total_steps = 0  # fault injection counts steps over the whole session
         self.robot_obs = np.zeros(15)
         self.scene_obs = np.zeros(24)
+        self.z0 = 0.0
 
     def reset(self, robot_obs=None, scene_obs=None):
         self.steps = 0
@@ -30,6 +31,7 @@ class FakeEnv:
         self.scene_obs = np.zeros(24) if scene_obs is None else np.asarray(scene_obs, dtype=float)
         if robot_obs is None:
             self.robot_obs[14] = 1.0
+        self.z0 = float(self.robot_obs[2])
         return self.obs()
 
     def obs(self):
@@ -63,6 +65,13 @@ class FakeEnv:
         self.robot_obs[14] = a[6]
         # The drawer follows the tcp's x, so "open_drawer" can be completed.
         self.scene_obs[1] = max(0.0, self.robot_obs[0])
+        # The LED follows the tcp's height since the reset: 0.1 m up turns it on,
+        # 0.1 m down turns it off ("turn_on_led" / "turn_off_led").
+        dz = self.robot_obs[2] - self.z0
+        if dz > 0.1:
+            self.scene_obs[5] = 1.0
+        elif dz < -0.1:
+            self.scene_obs[5] = 0.0
         return self.obs()
 
     def get_info(self):
@@ -76,6 +85,10 @@ class FakeEnv:
                 done.append(t)
             if t == "close_drawer" and start_info["drawer"] - now["drawer"] > 0.12:
                 done.append(t)
+            if t == "turn_on_led" and start_info["led"] < 0.5 and now["led"] > 0.5:
+                done.append(t)
+            if t == "turn_off_led" and start_info["led"] > 0.5 and now["led"] < 0.5:
+                done.append(t)
         return done
 
     def sample_task(self, seed, tasks):
@@ -86,7 +99,14 @@ class FakeEnv:
                 "robot_obs": robot, "scene_obs": [0.0] * 24}
 
     def expert_action(self, task):
-        # Moves +x so the fake drawer opens after 7 steps.
+        # Moves +x so the fake drawer opens after 7 steps (every task but the
+        # three below); -x closes it, +z / -z switch the LED on / off.
+        if task == "close_drawer":
+            return [-1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+        if task == "turn_on_led":
+            return [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+        if task == "turn_off_led":
+            return [0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0]
         return [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
 
     def close(self):
