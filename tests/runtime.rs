@@ -15,12 +15,24 @@ use vw2_policy::safety::{CommandKind, SafetyConfig};
 
 fn tiny_policy() -> Policy {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-policy");
-    Policy::new(LoadedPolicy::load(&dir, &Device::Cpu).unwrap(), PolicyOptions::default(), Device::Cpu).unwrap()
+    Policy::new(
+        LoadedPolicy::load(&dir, &Device::Cpu).unwrap(),
+        PolicyOptions::default(),
+        Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn record_fake(dir: &Path, episodes: usize) {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_vw2"))
-        .args(["record", "--backend", "fake", "--episodes", &episodes.to_string(), "--out"])
+        .args([
+            "record",
+            "--backend",
+            "fake",
+            "--episodes",
+            &episodes.to_string(),
+            "--out",
+        ])
         .arg(dir)
         .output()
         .unwrap();
@@ -30,7 +42,13 @@ fn record_fake(dir: &Path, episodes: usize) {
 fn synthetic(frames: u64, lockstep: bool) -> Box<SyntheticIo> {
     Box::new(SyntheticIo {
         rate: 30.0,
-        frame: RawFrame { encoding: Encoding::Bgr8, height: 200, width: 200, step: 600, data: vec![90; 200 * 600] },
+        frame: RawFrame {
+            encoding: Encoding::Bgr8,
+            height: 200,
+            width: 200,
+            step: 600,
+            data: vec![90; 200 * 600],
+        },
         frames,
         lockstep,
     })
@@ -45,7 +63,14 @@ fn replay_through_the_tiny_policy_stays_in_the_envelope() {
     let renderer = DecoderRenderer::new(policy.bundle().dldm.clone());
     let safety = SafetyConfig::calvin_default();
     let cfg = RuntimeConfig::new(safety.clone(), "pull the handle to open the drawer");
-    let report = run(Box::new(io), Box::new(policy), Some(Box::new(renderer)), cfg, Arc::new(AtomicBool::new(false))).unwrap();
+    let report = run(
+        Box::new(io),
+        Box::new(policy),
+        Some(Box::new(renderer)),
+        cfg,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
     // The fake episode has 7 frames: one tick per frame, plans at frames 0 and 4.
     assert_eq!(report.frames, 7);
     assert_eq!(report.ticks, 7);
@@ -78,7 +103,14 @@ fn fake_simulator_in_lockstep() {
     let io = SimIo::start(&env, None, None).unwrap();
     let mut cfg = RuntimeConfig::new(SafetyConfig::calvin_default(), "open the drawer");
     cfg.max_steps = Some(12);
-    let report = run(Box::new(io), Box::new(NullPlanner::new([32, 32], 4)), None, cfg, Arc::new(AtomicBool::new(false))).unwrap();
+    let report = run(
+        Box::new(io),
+        Box::new(NullPlanner::new([32, 32], 4)),
+        None,
+        cfg,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
     assert_eq!(report.ticks, 12);
     assert_eq!(report.ended_by, "max_steps");
     // Frames that arrive while the run winds down may still be planned on.
@@ -89,7 +121,14 @@ fn fake_simulator_in_lockstep() {
 #[test]
 fn lockstep_synthetic_measures_every_frame() {
     let cfg = RuntimeConfig::new(SafetyConfig::calvin_default(), "x");
-    let report = run(synthetic(40, true), Box::new(NullPlanner::new([32, 32], 4)), None, cfg, Arc::new(AtomicBool::new(false))).unwrap();
+    let report = run(
+        synthetic(40, true),
+        Box::new(NullPlanner::new([32, 32], 4)),
+        None,
+        cfg,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
     assert_eq!(report.ticks, 40);
     assert_eq!(report.frames, 40);
     assert_eq!(report.plans, 10);
@@ -121,11 +160,22 @@ fn a_dead_camera_means_hold_then_silence() {
     // the arm hold_repeats times and the run ends when the layer goes quiet.
     let mut cfg = RuntimeConfig::new(SafetyConfig::calvin_default(), "x");
     cfg.max_steps = Some(300);
-    let report = run(synthetic(5, false), Box::new(NullPlanner::new([32, 32], 4)), None, cfg, Arc::new(AtomicBool::new(false))).unwrap();
+    let report = run(
+        synthetic(5, false),
+        Box::new(NullPlanner::new([32, 32], 4)),
+        None,
+        cfg,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
     assert_eq!(report.ended_by, "safety silent");
     assert!(report.ticks < 300);
     assert!(report.holds >= 3, "{report:?}");
-    assert!(report.safety_events.contains_key("Stale"), "{:?}", report.safety_events);
+    assert!(
+        report.safety_events.contains_key("Stale"),
+        "{:?}",
+        report.safety_events
+    );
 }
 
 #[test]
@@ -134,12 +184,28 @@ fn planner_errors_stop_the_run_with_context() {
     // synthetic frame with the wrong encoding size instead.
     let io = Box::new(SyntheticIo {
         rate: 30.0,
-        frame: RawFrame { encoding: Encoding::Rgb8, height: 10, width: 10, step: 30, data: vec![0; 29] },
+        frame: RawFrame {
+            encoding: Encoding::Rgb8,
+            height: 10,
+            width: 10,
+            step: 30,
+            data: vec![0; 29],
+        },
         frames: 3,
         lockstep: true,
     });
     let cfg = RuntimeConfig::new(SafetyConfig::calvin_default(), "x");
-    let e = run(io, Box::new(NullPlanner::new([32, 32], 4)), None, cfg, Arc::new(AtomicBool::new(false))).unwrap_err();
+    let e = run(
+        io,
+        Box::new(NullPlanner::new([32, 32], 4)),
+        None,
+        cfg,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap_err();
     let msg = format!("{e:#}");
-    assert!(msg.contains("ingest") && msg.contains("image.data"), "{msg}");
+    assert!(
+        msg.contains("ingest") && msg.contains("image.data"),
+        "{msg}"
+    );
 }

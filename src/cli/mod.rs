@@ -177,7 +177,12 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench {
-            what: BenchCommand::Runtime { policy, seconds, json },
+            what:
+                BenchCommand::Runtime {
+                    policy,
+                    seconds,
+                    json,
+                },
         } => {
             let b = crate::runtime::cli::bench_runtime(policy.as_deref(), seconds)?;
             if json {
@@ -197,7 +202,10 @@ pub fn run(cli: Cli) -> Result<()> {
                         r.dropped_monitor_frames
                     );
                 }
-                println!("monitor jitter ratio (p99 with / without): {:.3}", b.monitor_jitter_ratio);
+                println!(
+                    "monitor jitter ratio (p99 with / without): {:.3}",
+                    b.monitor_jitter_ratio
+                );
             }
             Ok(())
         }

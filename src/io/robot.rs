@@ -34,7 +34,9 @@ impl Encoding {
             "rgb8" => Ok(Self::Rgb8),
             "bgr8" => Ok(Self::Bgr8),
             "mono8" => Ok(Self::Mono8),
-            other => bail!("image encoding '{other}' is not supported: expected rgb8, bgr8 or mono8"),
+            other => {
+                bail!("image encoding '{other}' is not supported: expected rgb8, bgr8 or mono8")
+            }
         }
     }
 
@@ -78,10 +80,17 @@ impl RawFrame {
     pub fn validate(&self) -> Result<()> {
         let row = self.width * self.encoding.channels();
         if self.height == 0 || self.width == 0 {
-            bail!("image: expected a non-empty image, found {}×{}", self.width, self.height);
+            bail!(
+                "image: expected a non-empty image, found {}×{}",
+                self.width,
+                self.height
+            );
         }
         if self.step < row {
-            bail!("image.step: expected ≥ width·channels = {row}, found {}", self.step);
+            bail!(
+                "image.step: expected ≥ width·channels = {row}, found {}",
+                self.step
+            );
         }
         if self.data.len() != self.height * self.step {
             bail!(
@@ -152,7 +161,11 @@ pub struct SimIo {
 
 impl SimIo {
     /// Starts the simulator and resets it (to `robot_obs`/`scene_obs` when given).
-    pub fn start(cfg: &EnvConfig, robot_obs: Option<&[f64]>, scene_obs: Option<&[f64]>) -> Result<Self> {
+    pub fn start(
+        cfg: &EnvConfig,
+        robot_obs: Option<&[f64]>,
+        scene_obs: Option<&[f64]>,
+    ) -> Result<Self> {
         let mut env = EnvAdapter::spawn(cfg)?;
         let rate = env.hello().control_hz;
         let first = env.reset(robot_obs, scene_obs)?;
@@ -190,7 +203,10 @@ impl ObservationSource for SimSource {
     fn next(&mut self, timeout: Duration) -> Result<Option<RawObservation>> {
         match self.rx.recv_timeout(timeout) {
             Ok(o) => Ok(Some(o)),
-            Err(RecvTimeoutError::Timeout) => bail!("simulator: no observation within {:.1} s", timeout.as_secs_f64()),
+            Err(RecvTimeoutError::Timeout) => bail!(
+                "simulator: no observation within {:.1} s",
+                timeout.as_secs_f64()
+            ),
             Err(RecvTimeoutError::Disconnected) => Ok(None),
         }
     }
@@ -220,11 +236,18 @@ impl RobotIo for SimIo {
     }
     fn split(self: Box<Self>) -> (Box<dyn ObservationSource>, Box<dyn CommandSink>) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        tx.send(raw_from_obs(&self.first, 0, self.rate)).expect("receiver alive");
+        tx.send(raw_from_obs(&self.first, 0, self.rate))
+            .expect("receiver alive");
         let current = tcp_from_robot_obs(&self.first.robot_obs);
         (
             Box::new(SimSource { rx }),
-            Box::new(SimSink { env: self.env, tx, current, seq: 0, rate: self.rate }),
+            Box::new(SimSink {
+                env: self.env,
+                tx,
+                current,
+                seq: 0,
+                rate: self.rate,
+            }),
         )
     }
 }
@@ -240,12 +263,19 @@ pub struct ReplayIo {
 impl ReplayIo {
     /// Loads episode `episode` of the dataset at `dir`. Returns the io and a
     /// receiver of every command the pipeline sends.
-    pub fn open(dir: &std::path::Path, episode: usize, rate: f64) -> Result<(Self, Receiver<SafeCommand>)> {
+    pub fn open(
+        dir: &std::path::Path,
+        episode: usize,
+        rate: f64,
+    ) -> Result<(Self, Receiver<SafeCommand>)> {
         let ds = CalvinDataset::open(dir)?;
-        let &(start, end) = ds
-            .episodes()
-            .get(episode)
-            .ok_or_else(|| anyhow!("{}: episode {episode} does not exist ({} episodes)", dir.display(), ds.episodes().len()))?;
+        let &(start, end) = ds.episodes().get(episode).ok_or_else(|| {
+            anyhow!(
+                "{}: episode {episode} does not exist ({} episodes)",
+                dir.display(),
+                ds.episodes().len()
+            )
+        })?;
         let mut frames = Vec::with_capacity(end - start + 1);
         for (k, idx) in (start..=end).enumerate() {
             let f = ds.frame(idx)?;
@@ -257,7 +287,14 @@ impl ReplayIo {
             });
         }
         let (tx, rx) = crossbeam_channel::unbounded();
-        Ok((Self { frames, rate, commands: tx }, rx))
+        Ok((
+            Self {
+                frames,
+                rate,
+                commands: tx,
+            },
+            rx,
+        ))
     }
 }
 
@@ -274,7 +311,9 @@ impl ObservationSource for ReplaySource {
             match self.gate.recv_timeout(timeout) {
                 Ok(()) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(None),
-                Err(RecvTimeoutError::Timeout) => bail!("replay: no command within {:.1} s", timeout.as_secs_f64()),
+                Err(RecvTimeoutError::Timeout) => {
+                    bail!("replay: no command within {:.1} s", timeout.as_secs_f64())
+                }
             }
         }
         self.first = false;
@@ -308,8 +347,15 @@ impl RobotIo for ReplayIo {
     fn split(self: Box<Self>) -> (Box<dyn ObservationSource>, Box<dyn CommandSink>) {
         let (gate_tx, gate_rx) = crossbeam_channel::unbounded();
         (
-            Box::new(ReplaySource { frames: self.frames.into_iter(), gate: gate_rx, first: true }),
-            Box::new(ReplaySink { gate: gate_tx, commands: self.commands }),
+            Box::new(ReplaySource {
+                frames: self.frames.into_iter(),
+                gate: gate_rx,
+                first: true,
+            }),
+            Box::new(ReplaySink {
+                gate: gate_tx,
+                commands: self.commands,
+            }),
         )
     }
 }
@@ -347,7 +393,10 @@ impl ObservationSource for SyntheticSource {
             Some(gate) if self.seq > 0 => match gate.recv_timeout(timeout) {
                 Ok(()) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(None),
-                Err(RecvTimeoutError::Timeout) => bail!("synthetic io: no command within {:.1} s", timeout.as_secs_f64()),
+                Err(RecvTimeoutError::Timeout) => bail!(
+                    "synthetic io: no command within {:.1} s",
+                    timeout.as_secs_f64()
+                ),
             },
             Some(_) => {}
             None => {
@@ -360,8 +409,17 @@ impl ObservationSource for SyntheticSource {
         robot_obs[2] = 0.5;
         robot_obs[3] = std::f64::consts::PI;
         robot_obs[14] = 1.0;
-        let t = if self.gate.is_some() { self.seq as f64 / self.rate } else { crate::runtime::clock::now_s() };
-        let obs = RawObservation { t, seq: self.seq, frame: self.frame.clone(), robot_obs };
+        let t = if self.gate.is_some() {
+            self.seq as f64 / self.rate
+        } else {
+            crate::runtime::clock::now_s()
+        };
+        let obs = RawObservation {
+            t,
+            seq: self.seq,
+            frame: self.frame.clone(),
+            robot_obs,
+        };
         self.seq += 1;
         Ok(Some(obs))
     }

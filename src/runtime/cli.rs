@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use serde::Serialize;
 
-use super::{run, BusyRenderer, DecoderRenderer, NullPlanner, Planner, Renderer, RunReport, RuntimeConfig};
+use super::{
+    run, BusyRenderer, DecoderRenderer, NullPlanner, Planner, Renderer, RunReport, RuntimeConfig,
+};
 use crate::io::env_adapter::EnvConfig;
 use crate::io::robot::{Encoding, RawFrame, SimIo, SyntheticIo};
 use crate::io::RgbImage;
@@ -19,7 +21,8 @@ use crate::safety::SafetyConfig;
 pub fn ctrl_c_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
-    if let Err(e) = ctrlc::set_handler(move || f.store(true, std::sync::atomic::Ordering::Relaxed)) {
+    if let Err(e) = ctrlc::set_handler(move || f.store(true, std::sync::atomic::Ordering::Relaxed))
+    {
         tracing::warn!(error = %e, "cannot install the Ctrl-C handler");
     }
     flag
@@ -28,7 +31,9 @@ pub fn ctrl_c_flag() -> Arc<AtomicBool> {
 /// Loads a safety config from YAML, or CALVIN's default.
 pub fn safety_config(path: Option<&Path>) -> Result<SafetyConfig> {
     match path {
-        Some(p) => SafetyConfig::from_yaml_file(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display())),
+        Some(p) => {
+            SafetyConfig::from_yaml_file(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+        }
         None => Ok(SafetyConfig::calvin_default()),
     }
 }
@@ -47,8 +52,10 @@ pub fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
     let mut buf = Vector::<u8>::new();
     opencv::imgcodecs::imencode_def(".png", &mat, &mut buf)?;
     let tmp = crate::policy::weights::tmp_path(path);
-    std::fs::write(&tmp, buf.as_slice()).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    std::fs::write(&tmp, buf.as_slice())
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("{}: cannot rename into place", path.display()))?;
     Ok(())
 }
 
@@ -79,9 +86,17 @@ pub struct RunOptions {
 pub fn run_on_simulator(o: &RunOptions) -> Result<RunReport> {
     let dev = Device::Cpu;
     let bundle = LoadedPolicy::load(&o.policy, &dev)?;
-    let renderer: Option<Box<dyn Renderer>> =
-        o.monitor.then(|| Box::new(DecoderRenderer::new(bundle.dldm.clone())) as Box<dyn Renderer>);
-    let policy = Policy::new(bundle, PolicyOptions { seed: o.seed, ..Default::default() }, dev)?;
+    let renderer: Option<Box<dyn Renderer>> = o
+        .monitor
+        .then(|| Box::new(DecoderRenderer::new(bundle.dldm.clone())) as Box<dyn Renderer>);
+    let policy = Policy::new(
+        bundle,
+        PolicyOptions {
+            seed: o.seed,
+            ..Default::default()
+        },
+        dev,
+    )?;
     let mut env = EnvConfig::new(&o.backend);
     env.args = o.sim_args.clone();
     let io = SimIo::start(&env, None, None)?;
@@ -89,7 +104,8 @@ pub fn run_on_simulator(o: &RunOptions) -> Result<RunReport> {
     cfg.max_steps = Some(o.steps);
     let report = run(Box::new(io), Box::new(policy), renderer, cfg, ctrl_c_flag())?;
     if let Some(dir) = &o.out {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
         for (step, img) in &report.imagined {
             write_png(&dir.join(format!("imagined_{step:05}.png")), img)?;
         }
@@ -130,7 +146,13 @@ pub struct RuntimeBench {
 fn bench_frame() -> RawFrame {
     // A CALVIN-sized bgr8 frame, so ingest does a real colour conversion and resize.
     let data = (0..200 * 200 * 3).map(|i| (i % 251) as u8).collect();
-    RawFrame { encoding: Encoding::Bgr8, height: 200, width: 200, step: 600, data }
+    RawFrame {
+        encoding: Encoding::Bgr8,
+        height: 200,
+        width: 200,
+        step: 600,
+        data,
+    }
 }
 
 /// Runs the three runtime benchmarks. With `policy` the planner and monitor are
@@ -145,23 +167,52 @@ pub fn bench_runtime(policy: Option<&Path>, seconds: f64) -> Result<RuntimeBench
             Some(p) => {
                 let bundle = LoadedPolicy::load(p, &dev)?;
                 let r = DecoderRenderer::new(bundle.dldm.clone());
-                (Box::new(Policy::new(bundle, PolicyOptions::default(), dev.clone())?), Box::new(r))
+                (
+                    Box::new(Policy::new(bundle, PolicyOptions::default(), dev.clone())?),
+                    Box::new(r),
+                )
             }
-            None => (Box::new(NullPlanner::new([32, 32], 4)), Box::new(BusyRenderer { seconds: 1.0 / rate })),
+            None => (
+                Box::new(NullPlanner::new([32, 32], 4)),
+                Box::new(BusyRenderer {
+                    seconds: 1.0 / rate,
+                }),
+            ),
         })
     };
     let case = |name: &str, lockstep: bool, monitor: bool| -> Result<BenchCase> {
         let (pl, r) = planner(policy)?;
-        let io = Box::new(SyntheticIo { rate, frame: bench_frame(), frames, lockstep });
+        let io = Box::new(SyntheticIo {
+            rate,
+            frame: bench_frame(),
+            frames,
+            lockstep,
+        });
         let mut cfg = RuntimeConfig::new(SafetyConfig::calvin_default(), "bench");
         cfg.max_steps = Some(frames);
         cfg.monitor_queue = 2;
-        let report = run(io, pl, monitor.then_some(r), cfg, Arc::new(AtomicBool::new(false)))?;
-        Ok(BenchCase { name: name.into(), report })
+        let report = run(
+            io,
+            pl,
+            monitor.then_some(r),
+            cfg,
+            Arc::new(AtomicBool::new(false)),
+        )?;
+        Ok(BenchCase {
+            name: name.into(),
+            report,
+        })
     };
     let lockstep = case("lockstep obs→command", true, false)?;
     let realtime = case("real time 30 Hz", false, false)?;
     let realtime_monitor = case("real time 30 Hz + monitor", false, true)?;
-    let ratio = realtime_monitor.report.actuate_jitter.p99_ms / realtime.report.actuate_jitter.p99_ms.max(1e-9);
-    Ok(RuntimeBench { model_free: policy.is_none(), lockstep, realtime, realtime_monitor, monitor_jitter_ratio: ratio })
+    let ratio = realtime_monitor.report.actuate_jitter.p99_ms
+        / realtime.report.actuate_jitter.p99_ms.max(1e-9);
+    Ok(RuntimeBench {
+        model_free: policy.is_none(),
+        lockstep,
+        realtime,
+        realtime_monitor,
+        monitor_jitter_ratio: ratio,
+    })
 }

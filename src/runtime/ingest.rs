@@ -12,17 +12,22 @@ use crate::io::RgbImage;
 pub fn to_rgb_resized(frame: &RawFrame, height: usize, width: usize) -> Result<RgbImage> {
     frame.validate()?;
     let ch = frame.encoding.channels();
-    let typ = if ch == 3 { opencv::core::CV_8UC3 } else { opencv::core::CV_8UC1 };
+    let typ = if ch == 3 {
+        opencv::core::CV_8UC3
+    } else {
+        opencv::core::CV_8UC1
+    };
     // Copy row by row so any row padding (`step`) is dropped.
     let mut packed = Vec::with_capacity(frame.height * frame.width * ch);
     for row in frame.data.chunks(frame.step) {
         packed.extend_from_slice(&row[..frame.width * ch]);
     }
-    let src = Mat::new_rows_cols_with_data(frame.height as i32, frame.width as i32 * ch as i32, &packed)
-        .context("wrapping the frame")?
-        .reshape(ch as i32, frame.height as i32)
-        .context("reshaping the frame")?
-        .try_clone()?;
+    let src =
+        Mat::new_rows_cols_with_data(frame.height as i32, frame.width as i32 * ch as i32, &packed)
+            .context("wrapping the frame")?
+            .reshape(ch as i32, frame.height as i32)
+            .context("reshaping the frame")?
+            .try_clone()?;
     debug_assert_eq!(src.typ(), typ);
     let rgb = match frame.encoding {
         Encoding::Rgb8 => src,
@@ -52,7 +57,11 @@ pub fn to_rgb_resized(frame: &RawFrame, height: usize, width: usize) -> Result<R
         dst
     };
     let data = out.data_bytes()?.to_vec();
-    Ok(RgbImage { height, width, data })
+    Ok(RgbImage {
+        height,
+        width,
+        data,
+    })
 }
 
 #[cfg(test)]
@@ -67,7 +76,13 @@ mod tests {
                 data[o..o + px.len()].copy_from_slice(px);
             }
         }
-        RawFrame { encoding, height: h, width: w, step, data }
+        RawFrame {
+            encoding,
+            height: h,
+            width: w,
+            step,
+            data,
+        }
     }
 
     #[test]
@@ -85,20 +100,33 @@ mod tests {
 
     #[test]
     fn resizes_bilinearly() {
-        let big = to_rgb_resized(&frame(Encoding::Rgb8, 200, 200, 600, &[5, 6, 7]), 32, 32).unwrap();
-        assert_eq!((big.height, big.width, big.data.len()), (32, 32, 32 * 32 * 3));
+        let big =
+            to_rgb_resized(&frame(Encoding::Rgb8, 200, 200, 600, &[5, 6, 7]), 32, 32).unwrap();
+        assert_eq!(
+            (big.height, big.width, big.data.len()),
+            (32, 32, 32 * 32 * 3)
+        );
         assert!(big.data.chunks(3).all(|p| p == [5, 6, 7]));
     }
 
     #[test]
     fn bad_frames_are_refused() {
-        assert!(Encoding::parse("yuv422").unwrap_err().to_string().contains("expected rgb8, bgr8 or mono8"));
+        assert!(Encoding::parse("yuv422")
+            .unwrap_err()
+            .to_string()
+            .contains("expected rgb8, bgr8 or mono8"));
         let mut f = frame(Encoding::Rgb8, 4, 2, 12, &[1, 2, 3]);
         f.data.pop();
         let e = to_rgb_resized(&f, 2, 4).unwrap_err().to_string();
-        assert!(e.contains("image.data: expected height·step = 24 bytes, found 23"), "{e}");
+        assert!(
+            e.contains("image.data: expected height·step = 24 bytes, found 23"),
+            "{e}"
+        );
         let mut f = frame(Encoding::Rgb8, 4, 2, 12, &[1, 2, 3]);
         f.step = 8;
-        assert!(to_rgb_resized(&f, 2, 4).unwrap_err().to_string().contains("image.step"));
+        assert!(to_rgb_resized(&f, 2, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("image.step"));
     }
 }

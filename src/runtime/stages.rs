@@ -18,9 +18,7 @@ use crate::io::RgbImage;
 use crate::model::dldm::Dldm;
 use crate::model::head::ACTION_DIM;
 use crate::policy::{Plan, Policy};
-use crate::safety::{
-    ActionRequest, CommandKind, GripperState, SafetyConfig, SafetyLayer,
-};
+use crate::safety::{ActionRequest, CommandKind, GripperState, SafetyConfig, SafetyLayer};
 
 /// Something that turns frames into plans (the closed-loop policy, or a
 /// model-free stand-in for measuring the runtime itself).
@@ -58,7 +56,11 @@ pub struct NullPlanner {
 impl NullPlanner {
     /// A planner for `image_size` that plans every `steps_per_latent` frames.
     pub fn new(image_size: [usize; 2], steps_per_latent: usize) -> Self {
-        Self { image_size, steps_per_latent, step: 0 }
+        Self {
+            image_size,
+            steps_per_latent,
+            step: 0,
+        }
     }
 }
 
@@ -114,8 +116,11 @@ impl DecoderRenderer {
 
 impl Renderer for DecoderRenderer {
     fn render(&mut self, plan: &Plan) -> Result<RgbImage> {
-        let idx = Tensor::new(plan.predicted_codes.as_slice(), plan.current_features.device())?
-            .reshape((1, 1, self.num_queries))?;
+        let idx = Tensor::new(
+            plan.predicted_codes.as_slice(),
+            plan.current_features.device(),
+        )?
+        .reshape((1, 1, self.num_queries))?;
         let frames = self.dldm.decode_indices(&plan.current_features, &idx)?; // [1, T, 3, H, W]
         frames_to_strip(&frames.narrow(1, 1, frames.dim(1)? - 1)?)
     }
@@ -131,7 +136,11 @@ pub fn frames_to_strip(frames: &Tensor) -> Result<RgbImage> {
         .contiguous()?
         .flatten_all()?
         .to_vec1::<u8>()?;
-    Ok(RgbImage { height: h, width: t * w, data: px })
+    Ok(RgbImage {
+        height: h,
+        width: t * w,
+        data: px,
+    })
 }
 
 /// A renderer that only burns CPU for a fixed time (benchmarks).
@@ -147,7 +156,11 @@ impl Renderer for BusyRenderer {
         while Instant::now() < until {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
         }
-        Ok(RgbImage { height: 1, width: 1, data: vec![(x & 0xff) as u8; 3] })
+        Ok(RgbImage {
+            height: 1,
+            width: 1,
+            data: vec![(x & 0xff) as u8; 3],
+        })
     }
 }
 
@@ -245,7 +258,12 @@ struct DropOldest<T> {
 
 impl<T> DropOldest<T> {
     fn new(cap: usize) -> Self {
-        Self { q: Mutex::new((VecDeque::new(), false)), cv: Condvar::new(), cap: cap.max(1), dropped: AtomicU64::new(0) }
+        Self {
+            q: Mutex::new((VecDeque::new(), false)),
+            cv: Condvar::new(),
+            cap: cap.max(1),
+            dropped: AtomicU64::new(0),
+        }
     }
     fn push(&self, item: T) {
         let mut g = self.q.lock().expect("monitor queue poisoned");
@@ -292,7 +310,13 @@ impl IngestStage {
         let wall = Instant::now();
         let image = to_rgb_resized(&obs.frame, self.size[0], self.size[1])
             .with_context(|| format!("frame {}", obs.seq))?;
-        let msg = Ingested { seq: obs.seq, t: obs.t, wall, image, robot_obs: obs.robot_obs };
+        let msg = Ingested {
+            seq: obs.seq,
+            t: obs.t,
+            wall,
+            image,
+            robot_obs: obs.robot_obs,
+        };
         // Real time: keep only the newest frame waiting for the planner.
         if let Some(rx) = &self.latest {
             while rx.try_recv().is_ok() {}
@@ -314,15 +338,24 @@ pub fn run(
     let rate = io.control_rate_hz();
     let initial_tcp = io.initial_tcp();
     let (source, sink) = io.split();
-    let mut safety = SafetyLayer::new(cfg.safety.clone()).map_err(|e| anyhow!("safety config: {e}"))?;
+    let mut safety =
+        SafetyLayer::new(cfg.safety.clone()).map_err(|e| anyhow!("safety config: {e}"))?;
     safety
-        .reset(initial_tcp, GripperState::Open, if lockstep { 0.0 } else { now_s() })
+        .reset(
+            initial_tcp,
+            GripperState::Open,
+            if lockstep { 0.0 } else { now_s() },
+        )
         .map_err(|e| anyhow!("safety reset: {e}"))?;
     planner.reset(&cfg.instruction)?;
     let size = planner.image_size();
 
     // Channels: lockstep keeps every message; real time keeps the newest.
-    let (ingest_tx, ingest_rx) = if lockstep { crossbeam_channel::unbounded() } else { crossbeam_channel::bounded(1) };
+    let (ingest_tx, ingest_rx) = if lockstep {
+        crossbeam_channel::unbounded()
+    } else {
+        crossbeam_channel::bounded(1)
+    };
     let (plan_tx, plan_rx) = crossbeam_channel::unbounded::<PlanUpdate>();
     let monitor = Arc::new(DropOldest::<Arc<Plan>>::new(cfg.monitor_queue));
     let last_frame_t = Arc::new(AtomicU64::new(f64::NAN.to_bits()));
@@ -334,26 +367,35 @@ pub fn run(
             let mut stage = IngestStage {
                 source,
                 out: ingest_tx,
-                latest: if lockstep { None } else { Some(ingest_rx.clone()) },
+                latest: if lockstep {
+                    None
+                } else {
+                    Some(ingest_rx.clone())
+                },
                 size,
                 timeout: Duration::from_secs_f64(cfg.frame_timeout_s),
             };
             let stop = stop.clone();
             let failed = failed.clone();
-            std::thread::Builder::new().name("vw2-ingest".into()).spawn_scoped(scope, move || {
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    match stage.process() {
-                        Ok(true) => n += 1,
-                        Ok(false) => break,
-                        Err(e) => {
-                            failed.lock().expect("poisoned").get_or_insert(e.context("ingest"));
-                            break;
+            std::thread::Builder::new()
+                .name("vw2-ingest".into())
+                .spawn_scoped(scope, move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        match stage.process() {
+                            Ok(true) => n += 1,
+                            Ok(false) => break,
+                            Err(e) => {
+                                failed
+                                    .lock()
+                                    .expect("poisoned")
+                                    .get_or_insert(e.context("ingest"));
+                                break;
+                            }
                         }
                     }
-                }
-                n
-            })?
+                    n
+                })?
         };
         // --- plan
         let plan_thread = {
@@ -361,37 +403,47 @@ pub fn run(
             let monitor = monitor.clone();
             let with_monitor = renderer.is_some();
             let frames_t = last_frame_t.clone();
-            std::thread::Builder::new().name("vw2-plan".into()).spawn_scoped(scope, move || {
-                let mut plan_time = Histogram::default();
-                let mut obs_to_plan = Histogram::default();
-                let mut plans = 0u64;
-                for msg in ingest_rx.iter() {
-                    // The watchdog sees the newest frame's capture time.
-                    frames_t.store(msg.t.to_bits(), Ordering::Release);
-                    let t0 = Instant::now();
-                    let plan = match planner.observe(&msg.image, &msg.robot_obs, msg.t) {
-                        Ok(p) => p.map(Arc::new),
-                        Err(e) => {
-                            failed.lock().expect("poisoned").get_or_insert(e.context(format!("plan, frame {}", msg.seq)));
+            std::thread::Builder::new()
+                .name("vw2-plan".into())
+                .spawn_scoped(scope, move || {
+                    let mut plan_time = Histogram::default();
+                    let mut obs_to_plan = Histogram::default();
+                    let mut plans = 0u64;
+                    for msg in ingest_rx.iter() {
+                        // The watchdog sees the newest frame's capture time.
+                        frames_t.store(msg.t.to_bits(), Ordering::Release);
+                        let t0 = Instant::now();
+                        let plan = match planner.observe(&msg.image, &msg.robot_obs, msg.t) {
+                            Ok(p) => p.map(Arc::new),
+                            Err(e) => {
+                                failed
+                                    .lock()
+                                    .expect("poisoned")
+                                    .get_or_insert(e.context(format!("plan, frame {}", msg.seq)));
+                                break;
+                            }
+                        };
+                        plan_time.record(t0.elapsed().as_secs_f64());
+                        if let Some(p) = &plan {
+                            plans += 1;
+                            obs_to_plan.record(msg.wall.elapsed().as_secs_f64());
+                            if with_monitor {
+                                monitor.push(p.clone());
+                            }
+                        }
+                        let upd = PlanUpdate {
+                            t: msg.t,
+                            wall: msg.wall,
+                            robot_obs: msg.robot_obs,
+                            plan,
+                        };
+                        if plan_tx.send(upd).is_err() {
                             break;
                         }
-                    };
-                    plan_time.record(t0.elapsed().as_secs_f64());
-                    if let Some(p) = &plan {
-                        plans += 1;
-                        obs_to_plan.record(msg.wall.elapsed().as_secs_f64());
-                        if with_monitor {
-                            monitor.push(p.clone());
-                        }
                     }
-                    let upd = PlanUpdate { t: msg.t, wall: msg.wall, robot_obs: msg.robot_obs, plan };
-                    if plan_tx.send(upd).is_err() {
-                        break;
-                    }
-                }
-                monitor.close();
-                (plan_time, obs_to_plan, plans)
-            })?
+                    monitor.close();
+                    (plan_time, obs_to_plan, plans)
+                })?
         };
         // --- monitor
         let monitor_thread = renderer.map(|mut r| {
@@ -449,13 +501,18 @@ pub fn run(
         report.actuate_jitter = act.jitter.summary();
         drop(act);
         drop(plan_rx);
-        report.frames = ingest.join().map_err(|_| anyhow!("ingest thread panicked"))?;
-        let (plan_time, obs_to_plan, plans) = plan_thread.join().map_err(|_| anyhow!("plan thread panicked"))?;
+        report.frames = ingest
+            .join()
+            .map_err(|_| anyhow!("ingest thread panicked"))?;
+        let (plan_time, obs_to_plan, plans) = plan_thread
+            .join()
+            .map_err(|_| anyhow!("plan thread panicked"))?;
         report.plan_time = plan_time.summary();
         report.obs_to_plan = obs_to_plan.summary();
         report.plans = plans;
         if let Some(h) = monitor_thread {
-            let (render_time, n, imagined) = h.join().map_err(|_| anyhow!("monitor thread panicked"))?;
+            let (render_time, n, imagined) =
+                h.join().map_err(|_| anyhow!("monitor thread panicked"))?;
             report.render_time = render_time.summary();
             report.monitor_frames = n;
             report.imagined = imagined.into_iter().collect();
@@ -507,7 +564,8 @@ struct Actuate<'a> {
 impl Actuate<'_> {
     fn absorb(&mut self, upd: PlanUpdate) {
         self.safety.on_frame(upd.t);
-        self.safety.on_proprio(upd.t, tcp_from_robot_obs(&upd.robot_obs));
+        self.safety
+            .on_proprio(upd.t, tcp_from_robot_obs(&upd.robot_obs));
         if let Some(p) = upd.plan {
             self.plan = Some(p);
             self.pending_latency = Some(upd.wall);
@@ -548,7 +606,12 @@ impl Actuate<'_> {
         }
     }
 
-    fn run_lockstep(&mut self, rx: &Receiver<PlanUpdate>, cfg: &RuntimeConfig, stop: &AtomicBool) -> Result<String> {
+    fn run_lockstep(
+        &mut self,
+        rx: &Receiver<PlanUpdate>,
+        cfg: &RuntimeConfig,
+        stop: &AtomicBool,
+    ) -> Result<String> {
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok("stopped".into());
