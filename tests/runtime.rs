@@ -10,7 +10,9 @@ use candle_core::Device;
 use vw2_policy::io::env_adapter::EnvConfig;
 use vw2_policy::io::robot::{Encoding, RawFrame, ReplayIo, SimIo, SyntheticIo};
 use vw2_policy::policy::{LoadedPolicy, Policy, PolicyOptions};
-use vw2_policy::runtime::{run, BusyRenderer, DecoderRenderer, NullPlanner, RuntimeConfig};
+use vw2_policy::runtime::{
+    run, BusyRenderer, DecoderRenderer, NullPlanner, Planner, RuntimeConfig,
+};
 use vw2_policy::safety::{CommandKind, SafetyConfig};
 
 fn tiny_policy() -> Policy {
@@ -208,4 +210,46 @@ fn planner_errors_stop_the_run_with_context() {
         msg.contains("ingest") && msg.contains("image.data"),
         "{msg}"
     );
+}
+
+/// A planner whose first plan takes 0.4 s (a cold model).
+struct SlowStart(NullPlanner, bool);
+
+impl vw2_policy::runtime::Planner for SlowStart {
+    fn reset(&mut self, instruction: &str) -> anyhow::Result<()> {
+        self.0.reset(instruction)
+    }
+    fn image_size(&self) -> [usize; 2] {
+        self.0.image_size()
+    }
+    fn observe(
+        &mut self,
+        frame: &vw2_policy::io::RgbImage,
+        proprio: &[f64],
+        t: f64,
+    ) -> anyhow::Result<Option<vw2_policy::policy::Plan>> {
+        if !self.1 {
+            self.1 = true;
+            std::thread::sleep(std::time::Duration::from_millis(400));
+        }
+        self.0.observe(frame, proprio, t)
+    }
+}
+
+#[test]
+fn a_slow_first_plan_holds_then_moves_instead_of_ending_the_run() {
+    let mut cfg = RuntimeConfig::new(SafetyConfig::calvin_default(), "x");
+    cfg.max_steps = Some(45);
+    let report = run(
+        synthetic(60, false),
+        Box::new(SlowStart(NullPlanner::new([32, 32], 4), false)),
+        None,
+        cfg,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    assert_eq!(report.ended_by, "max_steps");
+    assert_eq!(report.ticks, 45);
+    // Quiet before the first plan, then moving: more commands than the holds.
+    assert!(report.commands > report.holds, "{report:?}");
 }

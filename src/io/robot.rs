@@ -328,7 +328,7 @@ struct ReplaySink {
 
 impl CommandSink for ReplaySink {
     fn send(&mut self, cmd: &SafeCommand) -> Result<()> {
-        let _ = self.commands.send(cmd.clone());
+        let _ = self.commands.send(*cmd);
         let _ = self.gate.send(());
         Ok(())
     }

@@ -641,6 +641,7 @@ impl Actuate<'_> {
         let period = 1.0 / self.rate;
         let start = now_s();
         let mut k = 0u64;
+        let mut source_ended = false;
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok("stopped".into());
@@ -656,16 +657,22 @@ impl Actuate<'_> {
             loop {
                 match rx.try_recv() {
                     Ok(upd) => self.absorb(upd),
-                    // A dead camera is the watchdog's business: keep ticking
-                    // (holds) until the safety layer goes quiet.
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        source_ended = true;
+                        break;
+                    }
                 }
             }
             let f = f64::from_bits(last_frame_t.load(Ordering::Acquire));
             if f.is_finite() {
                 self.safety.on_frame(f);
             }
-            if !self.tick(now)? {
+            // A quiet safety layer sends nothing (e.g. before the first plan, or
+            // after the holds for a stale camera); the loop keeps ticking so a
+            // fresh plan can move the arm again. A dead camera is the watchdog's
+            // business: once the source has ended and the layer is quiet, stop.
+            if !self.tick(now)? && source_ended {
                 return Ok("safety silent".into());
             }
         }
