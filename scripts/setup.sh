@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(protobuf-compiler libopencv-dev clang libclang-dev python3 python3-venv)
+APT_PACKAGES=(protobuf-compiler libopencv-dev clang libclang-dev python3 python3-venv cmake ament-cmake python3-ament-index python3-catkin-pkg)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

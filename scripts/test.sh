@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The project's test command: set up, then format check, lints and every test
-# (Rust and the Python simulator side).
+# (Rust with the ROS adapter type-checked against r2r's doc-only bindings, the
+# colcon package layout, and the Python simulator side).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 export PYTHONDONTWRITEBYTECODE=1
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked
+cargo clippy --all-targets --locked --features ros2-check -- -D warnings
+cargo test --locked --features ros2-check
+./scripts/check_ros_package.sh
 python -m pytest python/tests -q -p no:cacheprovider

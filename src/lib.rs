@@ -9,5 +9,7 @@ pub mod data;
 pub mod io;
 pub mod model;
 pub mod policy;
+#[cfg(feature = "ros2")]
+pub mod ros;
 pub mod runtime;
 pub mod safety;

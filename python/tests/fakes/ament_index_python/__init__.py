@@ -1,0 +1,1 @@
+"""Fake `ament_index_python`."""

@@ -1,0 +1,587 @@
+//! The thin r2r layer of `vw2_policy_node`: subscriptions feed [`RosInputs`],
+//! an [`R2rOutput`] publishes safe commands, and a loop on the main thread
+//! spins the node, applies enable / e-stop through the [`Supervisor`], starts
+//! and stops [`crate::runtime::run`] on its own thread, and publishes
+//! imagined strips and diagnostics.
+//!
+//! Topics (names from the `topics.*` parameters; defaults shown):
+//!
+//! | topic | type | QoS | |
+//! |---|---|---|---|
+//! | `~/image` | sensor_msgs/Image | sensor data | camera (rgb8, bgr8, mono8) |
+//! | `~/camera_info` | sensor_msgs/CameraInfo | sensor data | checked against the calibration |
+//! | `~/joint_states` | sensor_msgs/JointState | sensor data | arm and finger joints |
+//! | `~/tcp_pose` | geometry_msgs/PoseStamped | sensor data | measured TCP (or flange) pose in the base frame |
+//! | `~/instruction` | std_msgs/String | reliable | task instruction |
+//! | `~/teleop_cmd` | geometry_msgs/TwistStamped | reliable | counted (shadow mode later) |
+//! | `~/enable` | std_msgs/Bool | reliable | starts disabled |
+//! | `~/estop` | std_msgs/Bool | reliable | true latches |
+//! | `/servo_node/delta_twist_cmds` | geometry_msgs/TwistStamped | reliable | `servo_twist` |
+//! | `/forward_position_controller/commands` | std_msgs/Float64MultiArray | reliable | `joint_forward` |
+//! | `/joint_trajectory_controller/joint_trajectory` | trajectory_msgs/JointTrajectory | reliable | `joint_trajectory` |
+//! | `~/gripper_cmd` | std_msgs/Float64 or Float64MultiArray | reliable | `gripper_mode` |
+//! | `~/imagined` | sensor_msgs/Image | reliable | imagined futures (rgb8 strip) |
+//! | `/diagnostics` | diagnostic_msgs/DiagnosticArray | reliable | latency, watchdog, plan rate |
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use candle_core::Device;
+use futures::{FutureExt, Stream, StreamExt};
+use r2r::{QosProfile, WrappedTypesupport};
+
+use super::convert::{
+    camera_info_to_intrinsics, diagnostics_from_report, flange_pose_to_tool,
+    frame_time_on_runtime_clock, gripper_to_float64, gripper_to_float64_array, image_to_raw_frame,
+    intrinsics_mismatch, joint_state_to_proprio, joint_target_to_float64_array,
+    joint_target_to_joint_trajectory, pose_to_tcp, safe_command_to_twist, seconds_to_stamp,
+    stamp_is_zero, stamp_to_seconds, strip_to_image, JointCommander, JointIk, LiveDiagnostics,
+    TwistSettings,
+};
+use super::io::{
+    Action, CommandOutput, PublishingRenderer, RateMeter, RosInputs, RosIo, SharedPlanner,
+    StripSlot, Supervisor, RESTART,
+};
+use super::params::{CommandMode, GripperMode, NodeParams, TcpPoseFrame, NODE_NAME};
+use crate::policy::{LoadedPolicy, Policy, PolicyOptions};
+use crate::runtime::clock::now_s;
+use crate::runtime::{run, DecoderRenderer, Planner, Renderer, RunReport, RuntimeConfig};
+use crate::safety::{CommandKind, GripperState, SafeCommand};
+
+use r2r::diagnostic_msgs::msg::DiagnosticArray;
+use r2r::geometry_msgs::msg::{PoseStamped, TwistStamped};
+use r2r::sensor_msgs::msg::{CameraInfo, Image, JointState};
+use r2r::std_msgs::msg::{Bool, Float64, Float64MultiArray, String as RosString};
+use r2r::trajectory_msgs::msg::JointTrajectory;
+
+/// ROS time minus runtime-clock time (s), shared with the output thread for stamps.
+#[derive(Clone, Default)]
+struct ClockOffset(Arc<AtomicU64>);
+
+impl ClockOffset {
+    fn set(&self, ros_now_s: f64, mono_now_s: f64) {
+        self.0
+            .store((ros_now_s - mono_now_s).to_bits(), Ordering::Relaxed);
+    }
+    fn ros_time_of(&self, mono_s: f64) -> f64 {
+        mono_s + f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Where joint or twist commands go.
+enum ArmPublisher {
+    Twist(r2r::Publisher<TwistStamped>, TwistSettings),
+    Forward(r2r::Publisher<Float64MultiArray>, JointCommander),
+    Trajectory(r2r::Publisher<JointTrajectory>, JointCommander, f64),
+}
+
+enum GripperPublisher {
+    None,
+    Float64(r2r::Publisher<Float64>),
+    Array(r2r::Publisher<Float64MultiArray>),
+}
+
+/// Publishes safe commands with r2r.
+pub struct R2rOutput {
+    arm: ArmPublisher,
+    gripper: GripperPublisher,
+    gripper_open: f64,
+    gripper_closed: f64,
+    last_gripper: Option<GripperState>,
+    base_frame: String,
+    inputs: RosInputs,
+    clock: ClockOffset,
+    ik_errors: u64,
+}
+
+impl R2rOutput {
+    fn publish_gripper(&mut self, state: GripperState) -> Result<()> {
+        if self.last_gripper == Some(state) {
+            return Ok(());
+        }
+        match &self.gripper {
+            GripperPublisher::None => {}
+            GripperPublisher::Float64(p) => p.publish(&gripper_to_float64(
+                state,
+                self.gripper_open,
+                self.gripper_closed,
+            ))?,
+            GripperPublisher::Array(p) => p.publish(&gripper_to_float64_array(
+                state,
+                self.gripper_open,
+                self.gripper_closed,
+            ))?,
+        }
+        self.last_gripper = Some(state);
+        Ok(())
+    }
+}
+
+impl CommandOutput for R2rOutput {
+    fn publish(&mut self, cmd: &SafeCommand) -> Result<()> {
+        let stamp = seconds_to_stamp(self.clock.ros_time_of(cmd.t));
+        let measured_joints = self.inputs.arm_joints();
+        match &mut self.arm {
+            ArmPublisher::Twist(p, settings) => {
+                let measured = self.inputs.tcp();
+                let msg = safe_command_to_twist(
+                    cmd,
+                    &self.base_frame,
+                    settings,
+                    measured.as_ref(),
+                    stamp,
+                )?;
+                p.publish(&msg)?;
+            }
+            ArmPublisher::Forward(_, commander) | ArmPublisher::Trajectory(_, commander, _) => {
+                let target = match commander.command(cmd, measured_joints.as_deref()) {
+                    Ok(t) => t,
+                    Err(e) if cmd.kind == CommandKind::Move => {
+                        // An unreachable / jumping IK solution: hold instead of guessing.
+                        self.ik_errors += 1;
+                        if self.ik_errors.is_power_of_two() {
+                            tracing::warn!(error = %e, count = self.ik_errors, "IK refused a move: holding");
+                        }
+                        commander.hold(measured_joints.as_deref())?
+                    }
+                    Err(e) => return Err(e),
+                };
+                match &self.arm {
+                    ArmPublisher::Forward(p, _) => {
+                        p.publish(&joint_target_to_float64_array(&target))?
+                    }
+                    ArmPublisher::Trajectory(p, _, lookahead) => {
+                        // Zero stamp: the controller starts the point on receipt.
+                        let zero = seconds_to_stamp(0.0);
+                        p.publish(&joint_target_to_joint_trajectory(&target, *lookahead, zero))?
+                    }
+                    ArmPublisher::Twist(..) => unreachable!(),
+                }
+            }
+        }
+        self.publish_gripper(cmd.gripper)
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.last_gripper = None;
+        if let ArmPublisher::Forward(_, c) | ArmPublisher::Trajectory(_, c, _) = &mut self.arm {
+            c.reset();
+        }
+        Ok(())
+    }
+}
+
+/// Drains a subscription stream without blocking.
+fn drain<T, S: Stream<Item = T> + Unpin>(s: &mut S, mut f: impl FnMut(T)) {
+    while let Some(Some(msg)) = s.next().now_or_never() {
+        f(msg);
+    }
+}
+
+fn sub<T: WrappedTypesupport + 'static>(
+    node: &mut r2r::Node,
+    topic: &str,
+    qos: QosProfile,
+) -> Result<impl Stream<Item = T> + Unpin> {
+    node.subscribe::<T>(topic, qos)
+        .map_err(|e| anyhow!("cannot subscribe to {topic}: {e}"))
+}
+
+fn publisher<T: WrappedTypesupport>(
+    node: &mut r2r::Node,
+    topic: &str,
+) -> Result<r2r::Publisher<T>> {
+    node.create_publisher::<T>(topic, QosProfile::default())
+        .map_err(|e| anyhow!("cannot advertise {topic}: {e}"))
+}
+
+fn ros_now_s(node: &r2r::Node) -> Result<f64> {
+    let clock = node.get_ros_clock();
+    let now = clock
+        .lock()
+        .map_err(|_| anyhow!("ROS clock poisoned"))?
+        .get_now()?;
+    Ok(now.as_secs_f64())
+}
+
+struct RunningPipeline {
+    handle: JoinHandle<Result<RunReport>>,
+    stop: Arc<AtomicBool>,
+    stop_reason: Option<String>,
+}
+
+/// Runs the node: `args` is the process's command line after the program
+/// name (`--ros-args …`). `ik`: the IK solver for the joint command modes; the
+/// stock binary passes `None` and joint modes are refused at start. Returns
+/// after Ctrl-C (holding the robot first) or a start-up error.
+pub fn run_node(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<()> {
+    let params = NodeParams::from_args(args)?;
+    let calibration = params.validate()?;
+    if params.command_mode.is_joint() && ik.is_none() {
+        bail!(
+            "parameter `command_mode`: {} needs an IK solver and this node has none (ik_solver = {:?}). \
+             The policy commands TCP poses; use command_mode servo_twist (MoveIt Servo does the IK), \
+             or build a node with your robot's IK: vw2_policy::ros::node::run_node(args, Some(Box::new(my_ik)))",
+            params.command_mode.name(),
+            params.ik_solver
+        );
+    }
+    let tool_to_flange = match (params.tcp_pose_frame, &calibration) {
+        (TcpPoseFrame::Flange, Some(c)) => Some(c.clone()),
+        _ => None,
+    };
+
+    // Policy first: a bad bundle fails before anything talks to ROS.
+    let dev = Device::Cpu;
+    let bundle = LoadedPolicy::load(&params.policy, &dev)
+        .with_context(|| format!("parameter `policy`: {}", params.policy.display()))?;
+    let renderer: Option<Arc<Mutex<Box<dyn Renderer>>>> = params.publish_imagined.then(|| {
+        Arc::new(Mutex::new(
+            Box::new(DecoderRenderer::new(bundle.dldm.clone())) as Box<dyn Renderer>,
+        ))
+    });
+    let policy = Policy::new(
+        bundle,
+        PolicyOptions {
+            seed: params.seed,
+            ..Default::default()
+        },
+        dev,
+    )?;
+    let planner: Arc<Mutex<Box<dyn Planner>>> = Arc::new(Mutex::new(Box::new(policy)));
+
+    let ctx = r2r::Context::create().map_err(|e| anyhow!("ROS context: {e}"))?;
+    let mut node = r2r::Node::create(ctx, NODE_NAME, "").map_err(|e| anyhow!("ROS node: {e}"))?;
+    if params.use_sim_time {
+        enable_sim_time(&mut node)?;
+    }
+    let hardware_id = node
+        .fully_qualified_name()
+        .unwrap_or_else(|_| NODE_NAME.to_string());
+    let t = &params.topics;
+    let sensor = QosProfile::sensor_data();
+    let mut image_sub = sub::<Image>(&mut node, &t.image, sensor.clone())?;
+    let mut info_sub = sub::<CameraInfo>(&mut node, &t.camera_info, sensor.clone())?;
+    let mut joints_sub = sub::<JointState>(&mut node, &t.joint_states, sensor.clone())?;
+    let mut tcp_sub = sub::<PoseStamped>(&mut node, &t.tcp_pose, sensor)?;
+    let mut instruction_sub = sub::<RosString>(&mut node, &t.instruction, QosProfile::default())?;
+    let mut teleop_sub = sub::<TwistStamped>(&mut node, &t.teleop_cmd, QosProfile::default())?;
+    let mut enable_sub = sub::<Bool>(&mut node, &t.enable, QosProfile::default())?;
+    let mut estop_sub = sub::<Bool>(&mut node, &t.estop, QosProfile::default())?;
+
+    let dt = params.safety.dt();
+    let arm_publisher =
+        |node: &mut r2r::Node, ik: Option<Box<dyn JointIk>>| -> Result<ArmPublisher> {
+            Ok(match params.command_mode {
+                CommandMode::ServoTwist => ArmPublisher::Twist(
+                    publisher(node, &t.twist_cmd)?,
+                    TwistSettings::new(
+                        params.twist_units,
+                        params.servo_scale_linear,
+                        params.servo_scale_rotational,
+                        params.servo_position_gain,
+                        &params.safety,
+                    ),
+                ),
+                CommandMode::JointForward => ArmPublisher::Forward(
+                    publisher(node, &t.joint_cmd)?,
+                    JointCommander::new(params.joint_names.clone(), ik, params.max_joint_speed, dt),
+                ),
+                CommandMode::JointTrajectory => ArmPublisher::Trajectory(
+                    publisher(node, &t.joint_trajectory)?,
+                    JointCommander::new(params.joint_names.clone(), ik, params.max_joint_speed, dt),
+                    params.trajectory_lookahead_s,
+                ),
+            })
+        };
+    let gripper_publisher = |node: &mut r2r::Node| -> Result<GripperPublisher> {
+        Ok(match params.gripper_mode {
+            GripperMode::None => GripperPublisher::None,
+            GripperMode::Float64 => GripperPublisher::Float64(publisher(node, &t.gripper_cmd)?),
+            GripperMode::Float64Array => GripperPublisher::Array(publisher(node, &t.gripper_cmd)?),
+        })
+    };
+    // One output, moved into each run and handed back through a shared slot.
+    let inputs = RosInputs::new(
+        params.safety.stale_timeout_s,
+        params.command_mode.is_joint(),
+    );
+    let clock = ClockOffset::default();
+    let output: Arc<Mutex<R2rOutput>> = Arc::new(Mutex::new(R2rOutput {
+        arm: arm_publisher(&mut node, ik)?,
+        gripper: gripper_publisher(&mut node)?,
+        gripper_open: params.gripper_open_position,
+        gripper_closed: params.gripper_closed_position,
+        last_gripper: None,
+        base_frame: params.base_frame.clone(),
+        inputs: inputs.clone(),
+        clock: clock.clone(),
+        ik_errors: 0,
+    }));
+    let imagined_pub = params
+        .publish_imagined
+        .then(|| publisher::<Image>(&mut node, &t.imagined))
+        .transpose()?;
+    let diag_pub = publisher::<DiagnosticArray>(&mut node, &t.diagnostics)?;
+
+    let shutdown = crate::runtime::cli::ctrl_c_flag();
+    let mut supervisor = Supervisor::new(&params.instruction);
+    let mut pipeline: Option<RunningPipeline> = None;
+    let mut last_report: Option<RunReport> = None;
+    let strip: StripSlot = Arc::new(Mutex::new(None));
+    let mut live = LiveDiagnostics::default();
+    let mut last_image_recv: Option<f64> = None;
+    let mut next_diag = 0.0;
+    let (mut cam_rate, mut plan_rate, mut cmd_rate) = (
+        RateMeter::default(),
+        RateMeter::default(),
+        RateMeter::default(),
+    );
+    let mut plan_prev = (0u64, 0u64);
+    let stale = params.safety.stale_timeout_s;
+    tracing::info!(
+        node = %hardware_id,
+        mode = params.command_mode.name(),
+        policy = %params.policy.display(),
+        "vw2_policy_node ready (disabled: publish true on {})",
+        t.enable
+    );
+
+    loop {
+        node.spin_once(Duration::from_millis(2));
+        let mono = now_s();
+        let ros_now = ros_now_s(&node)?;
+        clock.set(ros_now, mono);
+
+        // --- inputs (e-stop and enable first)
+        drain(&mut estop_sub, |m: Bool| supervisor.on_estop(m.data));
+        drain(&mut enable_sub, |m: Bool| supervisor.on_enable(m.data));
+        drain(&mut tcp_sub, |m: PoseStamped| {
+            let pose = pose_to_tcp(&m).and_then(|p| match &tool_to_flange {
+                Some(c) => flange_pose_to_tool(c, &p),
+                None => Ok(p),
+            });
+            match pose {
+                Ok(p) => inputs.on_tcp_pose_at(p, mono),
+                Err(e) => live.last_input_error = format!("{}: {e}", t.tcp_pose),
+            }
+        });
+        drain(
+            &mut joints_sub,
+            |m: JointState| match joint_state_to_proprio(
+                &m,
+                &params.joint_names,
+                &params.gripper_joint_names,
+            ) {
+                Ok(s) => inputs.on_joints_at(s, mono),
+                Err(e) => live.last_input_error = format!("{}: {e}", t.joint_states),
+            },
+        );
+        drain(&mut image_sub, |m: Image| match image_to_raw_frame(&m) {
+            Ok(frame) => {
+                last_image_recv = Some(mono);
+                let stamp =
+                    (!stamp_is_zero(&m.header.stamp)).then(|| stamp_to_seconds(&m.header.stamp));
+                let t_frame = frame_time_on_runtime_clock(stamp, ros_now, mono);
+                let _ = inputs.on_frame(frame, t_frame, mono);
+            }
+            Err(e) => {
+                inputs.on_refused_frame();
+                live.last_input_error = format!("{}: {e}", t.image);
+            }
+        });
+        drain(&mut info_sub, |m: CameraInfo| {
+            if let Some(c) = &calibration {
+                live.camera_info_mismatch = match camera_info_to_intrinsics(&m) {
+                    Ok(cam) => intrinsics_mismatch(&c.intrinsics, &cam, 0.02),
+                    Err(e) => Some(e.to_string()),
+                };
+            }
+        });
+        drain(&mut instruction_sub, |m: RosString| {
+            supervisor.on_instruction(&m.data)
+        });
+        drain(&mut teleop_sub, |_m: TwistStamped| live.teleop_msgs += 1);
+        while let Some(line) = supervisor.log.pop_front() {
+            tracing::warn!("{line}");
+        }
+
+        // --- pipeline lifecycle
+        if pipeline.as_ref().is_some_and(|p| p.handle.is_finished()) {
+            let p = pipeline.take().expect("checked");
+            let restart = p.stop_reason.as_deref() == Some(RESTART);
+            let why = match p.handle.join() {
+                Ok(Ok(report)) => {
+                    let why = p
+                        .stop_reason
+                        .clone()
+                        .unwrap_or_else(|| report.ended_by.clone());
+                    tracing::info!(ended_by = %report.ended_by, commands = report.commands, holds = report.holds, "run ended");
+                    last_report = Some(report);
+                    why
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = format!("{e:#}"), "run failed (robot held)");
+                    format!("error: {e:#}")
+                }
+                Err(_) => "error: pipeline thread panicked".to_string(),
+            };
+            supervisor.on_run_ended(&why, restart);
+        }
+        let missing =
+            camera_missing(last_image_recv, mono, stale).or_else(|| inputs.missing_at(mono));
+        match supervisor.decide(pipeline.is_some(), missing.as_deref()) {
+            Action::None => {}
+            Action::Stop(reason) => {
+                if let Some(p) = pipeline.as_mut().filter(|p| p.stop_reason.is_none()) {
+                    tracing::warn!(%reason, "stopping the policy: holding");
+                    p.stop.store(true, Ordering::Relaxed);
+                    p.stop_reason = Some(reason);
+                }
+            }
+            Action::Start(instruction) => {
+                let stop = Arc::new(AtomicBool::new(false));
+                let out: Box<dyn CommandOutput> = Box::new(SharedOutput(output.clone()));
+                let io = match RosIo::new(
+                    inputs.clone(),
+                    out,
+                    params.safety.control_rate_hz,
+                    stop.clone(),
+                ) {
+                    Ok(io) => io,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start the policy");
+                        supervisor.on_run_ended(&format!("error: {e}"), false);
+                        continue;
+                    }
+                };
+                let mut cfg = RuntimeConfig::new(params.safety.clone(), &instruction);
+                cfg.frame_timeout_s = params.frame_timeout_s;
+                let planner = Box::new(SharedPlanner::new(planner.clone(), inputs.clone()));
+                let renderer = renderer.clone().map(|r| {
+                    Box::new(PublishingRenderer::new(r, strip.clone())) as Box<dyn Renderer>
+                });
+                let stop2 = stop.clone();
+                let handle = std::thread::Builder::new()
+                    .name("vw2-pipeline".into())
+                    .spawn(move || run(Box::new(io), planner, renderer, cfg, stop2))?;
+                tracing::info!(%instruction, "policy running");
+                pipeline = Some(RunningPipeline {
+                    handle,
+                    stop,
+                    stop_reason: None,
+                });
+            }
+        }
+
+        // --- outputs
+        if let Some(p) = &imagined_pub {
+            if let Some((step, img)) = strip
+                .lock()
+                .map_err(|_| anyhow!("strip slot poisoned"))?
+                .take()
+            {
+                // frame_id names the source; the plan's control step goes to the log.
+                let msg = strip_to_image(&img, seconds_to_stamp(ros_now), "vw2_imagined")?;
+                p.publish(&msg)?;
+                tracing::debug!(step, "published an imagined strip");
+            }
+        }
+        if mono >= next_diag {
+            next_diag = mono + 1.0 / params.diagnostics_rate_hz;
+            let c = inputs.counters();
+            let running = pipeline.is_some();
+            live.state = supervisor.state(running, missing.as_deref());
+            live.enabled = supervisor.enabled();
+            live.estop_latched = supervisor.estop_latched();
+            live.instruction = supervisor.instruction().to_string();
+            live.last_end = supervisor.last_end.clone();
+            live.frames_dropped = c.frames_dropped.load(Ordering::Relaxed);
+            live.frames_refused = c.frames_refused.load(Ordering::Relaxed);
+            live.camera_rate_hz = cam_rate.rate(mono, c.frames.load(Ordering::Relaxed));
+            live.plan_rate_hz = plan_rate.rate(mono, c.plans.load(Ordering::Relaxed));
+            live.command_rate_hz = cmd_rate.rate(mono, c.commands.load(Ordering::Relaxed));
+            let (calls, ns) = (
+                c.plan_calls.load(Ordering::Relaxed),
+                c.plan_ns.load(Ordering::Relaxed),
+            );
+            live.plan_time_s = (calls > plan_prev.0)
+                .then(|| (ns - plan_prev.1) as f64 * 1e-9 / (calls - plan_prev.0) as f64);
+            plan_prev = (calls, ns);
+            let last = inputs.last_command();
+            live.watchdog = match last {
+                _ if !running => "not running".into(),
+                Some((tc, _, _)) if mono - tc > 2.0 * params.safety.dt() => "quiet".into(),
+                Some((_, CommandKind::Hold, _)) => "holding".into(),
+                Some((_, CommandKind::Move, _)) => "moving".into(),
+                None => "starting".into(),
+            };
+            live.frame_age_s = match (last, inputs.newest_frame_t()) {
+                (Some((tc, _, _)), Some(tf)) => Some(tc - tf),
+                _ => None,
+            };
+            let msg = diagnostics_from_report(
+                last_report.as_ref(),
+                &live,
+                stale,
+                &hardware_id,
+                seconds_to_stamp(ros_now),
+            );
+            diag_pub.publish(&msg)?;
+        }
+
+        if shutdown.load(Ordering::Relaxed) {
+            if let Some(p) = pipeline.take() {
+                p.stop.store(true, Ordering::Relaxed);
+                // The pipeline's exit publishes the holds; publishers live until it returns.
+                let _ = p.handle.join();
+            }
+            tracing::info!("shut down");
+            return Ok(());
+        }
+    }
+}
+
+/// Makes the node's ROS clock follow `/clock` (r2r has the time source only
+/// when rosgraph_msgs is among the generated messages, i.e. not in doc-only builds).
+#[cfg(not(feature = "ros2-check"))]
+fn enable_sim_time(node: &mut r2r::Node) -> Result<()> {
+    let ts = node.get_time_source();
+    ts.enable_sim_time(node)
+        .map_err(|e| anyhow!("use_sim_time: {e}"))
+}
+
+#[cfg(feature = "ros2-check")]
+fn enable_sim_time(_node: &mut r2r::Node) -> Result<()> {
+    bail!("use_sim_time: not available in a ros2-check (doc-only) build")
+}
+
+/// No camera frame yet, or the newest one arrived longer than `stale` s ago.
+fn camera_missing(last_recv: Option<f64>, now: f64, stale: f64) -> Option<String> {
+    match last_recv {
+        None => Some("no camera frame received".into()),
+        Some(t) if now - t > stale => Some(format!("camera silent for {:.2} s", now - t)),
+        _ => None,
+    }
+}
+
+/// The node's output, shared between runs (one run at a time uses it).
+struct SharedOutput(Arc<Mutex<R2rOutput>>);
+
+impl CommandOutput for SharedOutput {
+    fn publish(&mut self, cmd: &SafeCommand) -> Result<()> {
+        self.0
+            .lock()
+            .map_err(|_| anyhow!("output poisoned"))?
+            .publish(cmd)
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.0
+            .lock()
+            .map_err(|_| anyhow!("output poisoned"))?
+            .finish()
+    }
+}
