@@ -215,7 +215,7 @@ fn planner_errors_stop_the_run_with_context() {
 /// A planner whose first plan takes 0.4 s (a cold model).
 struct SlowStart(NullPlanner, bool);
 
-impl vw2_policy::runtime::Planner for SlowStart {
+impl Planner for SlowStart {
     fn reset(&mut self, instruction: &str) -> anyhow::Result<()> {
         self.0.reset(instruction)
     }

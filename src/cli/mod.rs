@@ -97,6 +97,12 @@ pub enum Command {
         #[command(subcommand)]
         what: CalibrateCommand,
     },
+    /// Evaluate a policy (CALVIN's long-horizon protocol) and related tools.
+    Eval {
+        /// Which evaluation.
+        #[command(subcommand)]
+        cmd: crate::eval::cli::EvalCommand,
+    },
     /// Write a tiny random-weight policy bundle (for tests and plumbing checks).
     MakeRandomPolicy {
         /// Output folder.
@@ -239,6 +245,7 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }
+        Command::Eval { cmd } => crate::eval::cli::run(cmd),
         Command::MakeRandomPolicy { out, seed, name } => {
             let yaml = create_random_policy(&out, &name, seed, &RandomPolicySizes::tiny())?;
             println!("wrote {}", yaml.display());

@@ -1,0 +1,190 @@
+//! `vw2 eval …`: the CALVIN long-horizon evaluation, its chains, and shard merging.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+
+use super::chains::{calvin_chains, load_chains, official_chains, NUM_CHAINS};
+use super::policy::PolicySpec;
+use super::runner::{evaluate, select_jobs, EvalOptions, EP_LEN};
+use super::store::{merge_runs, RunInfo};
+use crate::io::env_adapter::EnvConfig;
+
+/// `vw2 eval` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// CALVIN's long-horizon protocol: chains of 5 subtasks, SR(1..5) and Avg. Len.
+    Calvin(CalvinArgs),
+    /// Write CALVIN's evaluation chains (with start states) as JSON.
+    CalvinChains {
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// How many chains `get_sequences` is asked for (CALVIN: 1000).
+        #[arg(long, default_value_t = NUM_CHAINS)]
+        num: usize,
+    },
+    /// Merge shard folders of one evaluation into one (refusing disagreeing duplicates).
+    Merge {
+        /// The shard folders.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// The merged folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Key of `results.json` (CALVIN's epoch; default `null`).
+        #[arg(long)]
+        epoch: Option<String>,
+    },
+}
+
+/// `vw2 eval calvin`.
+#[derive(Debug, Args)]
+pub struct CalvinArgs {
+    /// `random`, `scripted` (the backend's expert), `noop`, or a policy bundle (`policy.yaml` or its folder).
+    #[arg(long)]
+    pub policy: String,
+    /// Simulator backend: playtable (built in), calvin (a calvin_env checkout) or fake.
+    #[arg(long, default_value = "playtable")]
+    pub backend: String,
+    /// Number of chains to evaluate (from `--start`).
+    #[arg(long, default_value_t = NUM_CHAINS)]
+    pub chains: usize,
+    /// First chain index.
+    #[arg(long, default_value_t = 0)]
+    pub start: usize,
+    /// Evaluate only chains with index % n == i, given as `i/n`.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
+    /// Parallel simulator processes (one policy instance each).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Run folder: chains.jsonl, results.json, results.txt, summary.json (a rerun resumes).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Extra argument for the simulator server (repeatable), e.g. `--sim-arg=--calvin-env=/path`.
+    #[arg(long = "sim-arg", allow_hyphen_values = true)]
+    pub sim_args: Vec<String>,
+    /// Save a PNG strip of the static camera for every failed subtask under DIR/failures/.
+    #[arg(long)]
+    pub save_failures: bool,
+    /// Step budget per subtask (CALVIN: 360).
+    #[arg(long, default_value_t = EP_LEN)]
+    pub ep_len: usize,
+    /// Seed of the random policy (chain i uses seed + i) or of a bundle's sampler.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Evaluate the chains of this JSON file (as written by `calvin-chains`) instead of CALVIN's.
+    #[arg(long)]
+    pub chains_file: Option<PathBuf>,
+    /// Run again the chains recorded as env errors.
+    #[arg(long)]
+    pub retry_env_errors: bool,
+    /// Seconds without a simulator reply before it is declared hung.
+    #[arg(long, default_value_t = 10.0)]
+    pub env_timeout: f64,
+    /// Key of `results.json` (CALVIN's epoch; default `null`).
+    #[arg(long)]
+    pub epoch: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("expected i/n, found {s:?}"))?;
+    let i: usize = i.trim().parse().map_err(|e| format!("shard index: {e}"))?;
+    let n: usize = n.trim().parse().map_err(|e| format!("shard count: {e}"))?;
+    if n == 0 || i >= n {
+        return Err(format!("expected 0 <= i < n, found {i}/{n}"));
+    }
+    Ok((i, n))
+}
+
+/// Runs a `vw2 eval` subcommand.
+pub fn run(cmd: EvalCommand) -> Result<()> {
+    match cmd {
+        EvalCommand::CalvinChains { out, num } => {
+            let chains = if num == NUM_CHAINS {
+                official_chains().to_vec()
+            } else {
+                calvin_chains(num)
+            };
+            let text = serde_json::to_string(&chains)?;
+            super::store::write_atomic(&out, text.as_bytes())?;
+            println!("wrote {} chains to {}", chains.len(), out.display());
+            Ok(())
+        }
+        EvalCommand::Merge { dirs, out, epoch } => {
+            let m = merge_runs(&dirs, &out, epoch.as_deref())?;
+            print!(
+                "{}",
+                std::fs::read_to_string(out.join(super::store::RESULTS_TXT)).unwrap_or_default()
+            );
+            println!(
+                "merged {} chains ({} env errors) into {}",
+                m.chains + m.env_errors,
+                m.env_errors,
+                out.display()
+            );
+            Ok(())
+        }
+        EvalCommand::Calvin(a) => calvin(a),
+    }
+}
+
+fn calvin(a: CalvinArgs) -> Result<()> {
+    if a.workers == 0 {
+        bail!("--workers: expected at least 1");
+    }
+    if a.ep_len == 0 {
+        bail!("--ep-len: expected at least 1");
+    }
+    let policy = PolicySpec::parse(&a.policy, a.seed)?;
+    let (chains, source) = match &a.chains_file {
+        Some(p) => {
+            let c = load_chains(p)?;
+            let bytes = std::fs::read(p).with_context(|| format!("{}", p.display()))?;
+            let digest = super::mt19937::fnv1_32(&bytes, 0x811c_9dc5);
+            (c, format!("file:{} fnv1:{digest:08x}", p.display()))
+        }
+        None => (official_chains().to_vec(), "calvin".to_string()),
+    };
+    let jobs = select_jobs(&chains, a.start, a.chains, a.shard)?;
+    let mut env = EnvConfig::new(&a.backend);
+    env.args = a.sim_args;
+    env.timeout_s = a.env_timeout;
+    let run = RunInfo {
+        policy: policy.describe(),
+        backend: a.backend.clone(),
+        ep_len: a.ep_len,
+        chains: source,
+    };
+    let opts = EvalOptions {
+        ep_len: a.ep_len,
+        workers: a.workers,
+        progress: !a.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        save_failures: a.save_failures,
+        retry_env_errors: a.retry_env_errors,
+        epoch: a.epoch,
+    };
+    let selected = jobs.len();
+    let report = evaluate(&env, &policy, jobs, &a.out, &run, &opts)?;
+    print!(
+        "{}",
+        std::fs::read_to_string(a.out.join(super::store::RESULTS_TXT)).unwrap_or_default()
+    );
+    println!(
+        "selected {selected} chains: {} already recorded, {} run now in {:.1} s ({} env steps, {:.1} steps/s); results in {}",
+        report.resumed,
+        report.ran,
+        report.wall_s,
+        report.steps,
+        report.steps as f64 / report.wall_s.max(1e-9),
+        a.out.display()
+    );
+    Ok(())
+}

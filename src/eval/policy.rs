@@ -1,0 +1,296 @@
+//! Policies under evaluation: the [`EvalPolicy`] trait, the built-in baselines
+//! (`random`, `scripted`, `noop`) and VideoWorld 2 bundles run in closed loop.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use rand::{Rng, SeedableRng};
+
+use crate::io::env_adapter::EnvAdapter;
+use crate::io::Observation;
+use crate::policy::{LoadedPolicy, Policy, PolicyOptions};
+
+/// A 7-D CALVIN action: xyz, euler xyz, gripper (exactly −1 close / +1 open).
+/// Relative actions are in CALVIN units (xyz·0.02 m, euler·0.05 rad, clipped to [−1, 1]).
+pub type Action = [f64; 7];
+
+/// A policy the CALVIN harness can roll out.
+///
+/// Per chain the harness calls [`EvalPolicy::begin_chain`] once; per subtask
+/// [`EvalPolicy::reset`], then [`EvalPolicy::step`] once per control step with
+/// the latest observation. `env` is the simulator of this rollout, for policies
+/// that use privileged state (the scripted expert); learned policies ignore it.
+pub trait EvalPolicy: Send {
+    /// A new chain starts (`index` in the chain list): re-seed what is random.
+    fn begin_chain(&mut self, _index: usize) -> Result<()> {
+        Ok(())
+    }
+    /// A new subtask: `task` is the oracle's name, `instruction` CALVIN's sentence.
+    fn reset(&mut self, task: &str, instruction: &str) -> Result<()>;
+    /// The action for this step.
+    fn step(&mut self, obs: &Observation, env: &mut EnvAdapter) -> Result<Action>;
+    /// Whether [`EvalPolicy::step`]'s actions are relative (CALVIN's `rel_actions`).
+    fn relative(&self) -> bool {
+        true
+    }
+}
+
+/// Which policy to evaluate, as given on the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PolicySpec {
+    /// Uniform relative actions in [−1, 1], gripper ±1 at random, seeded per chain.
+    Random {
+        /// Base seed (chain `i` uses `seed + i`).
+        seed: u64,
+    },
+    /// The backend's scripted expert (`expert_action`) for the current subtask.
+    Scripted,
+    /// Zero motion, gripper open (harness overhead measurements).
+    Noop,
+    /// A VideoWorld 2 bundle: `policy.yaml` or its folder.
+    Bundle {
+        /// The bundle path.
+        path: PathBuf,
+        /// Closed-loop options (sampling, seed, window).
+        options: PolicyOptions,
+    },
+}
+
+impl PolicySpec {
+    /// Parses `random`, `scripted`, `noop` or a bundle path.
+    pub fn parse(s: &str, seed: u64) -> Result<Self> {
+        Ok(match s {
+            "random" => Self::Random { seed },
+            "scripted" => Self::Scripted,
+            "noop" => Self::Noop,
+            path => {
+                let p = Path::new(path);
+                let yaml = if p.is_dir() {
+                    p.join("policy.yaml")
+                } else {
+                    p.to_path_buf()
+                };
+                if !yaml.is_file() {
+                    anyhow::bail!(
+                        "--policy {path}: expected random, scripted, noop, a policy.yaml or a folder holding one"
+                    );
+                }
+                Self::Bundle {
+                    path: p.to_path_buf(),
+                    options: PolicyOptions {
+                        seed,
+                        ..Default::default()
+                    },
+                }
+            }
+        })
+    }
+
+    /// A stable description for the run's metadata.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Random { seed } => format!("random(seed={seed})"),
+            Self::Scripted => "scripted".into(),
+            Self::Noop => "noop".into(),
+            Self::Bundle { path, .. } => {
+                let p = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+                format!("bundle:{}", p.display())
+            }
+        }
+    }
+
+    /// A fresh policy instance (one per worker).
+    pub fn instantiate(&self) -> Result<Box<dyn EvalPolicy>> {
+        Ok(match self {
+            Self::Random { seed } => Box::new(RandomPolicy::new(*seed)),
+            Self::Scripted => Box::new(ScriptedPolicy::default()),
+            Self::Noop => Box::new(NoopPolicy),
+            Self::Bundle { path, options } => Box::new(Vw2EvalPolicy::load(path, options.clone())?),
+        })
+    }
+}
+
+/// Uniform random relative actions, seeded per chain.
+#[derive(Debug)]
+pub struct RandomPolicy {
+    seed: u64,
+    rng: rand::rngs::StdRng,
+}
+
+impl RandomPolicy {
+    /// A random policy with base seed `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+        }
+    }
+}
+
+impl EvalPolicy for RandomPolicy {
+    fn begin_chain(&mut self, index: usize) -> Result<()> {
+        self.rng = rand::rngs::StdRng::seed_from_u64(self.seed.wrapping_add(index as u64));
+        Ok(())
+    }
+    fn reset(&mut self, _task: &str, _instruction: &str) -> Result<()> {
+        Ok(())
+    }
+    fn step(&mut self, _obs: &Observation, _env: &mut EnvAdapter) -> Result<Action> {
+        let mut a = [0.0; 7];
+        for v in &mut a[..6] {
+            *v = self.rng.random_range(-1.0..=1.0);
+        }
+        a[6] = if self.rng.random_bool(0.5) { 1.0 } else { -1.0 };
+        Ok(a)
+    }
+}
+
+/// The backend's scripted expert, told the oracle's task.
+#[derive(Debug, Default)]
+pub struct ScriptedPolicy {
+    task: String,
+}
+
+impl EvalPolicy for ScriptedPolicy {
+    fn reset(&mut self, task: &str, _instruction: &str) -> Result<()> {
+        self.task = task.into();
+        Ok(())
+    }
+    fn step(&mut self, _obs: &Observation, env: &mut EnvAdapter) -> Result<Action> {
+        Ok(env.expert_action(&self.task)?)
+    }
+}
+
+/// Zero motion with the gripper open.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoopPolicy;
+
+impl EvalPolicy for NoopPolicy {
+    fn reset(&mut self, _task: &str, _instruction: &str) -> Result<()> {
+        Ok(())
+    }
+    fn step(&mut self, _obs: &Observation, _env: &mut EnvAdapter) -> Result<Action> {
+        Ok([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    }
+}
+
+/// Plays action chunks: the newest plan's chunk one action per step; when a
+/// chunk runs out, holds still with the last gripper command.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkPlayer {
+    chunk: Vec<[f32; 7]>,
+    next: usize,
+    last_gripper: Option<f64>,
+}
+
+impl ChunkPlayer {
+    /// Forgets the chunk and the gripper state.
+    pub fn clear(&mut self) {
+        self.chunk.clear();
+        self.next = 0;
+        self.last_gripper = None;
+    }
+
+    /// Replaces the chunk (a newer plan arrived).
+    pub fn set_chunk(&mut self, chunk: Vec<[f32; 7]>) {
+        self.chunk = chunk;
+        self.next = 0;
+    }
+
+    /// The next action. `hold_pose` is what "no motion" means: zeros for
+    /// relative actions, the current TCP pose for absolute ones; `gripper_now`
+    /// is the gripper command to hold when no action was played yet.
+    pub fn next_action(&mut self, hold_pose: [f64; 6], gripper_now: f64) -> Action {
+        if let Some(a) = self.chunk.get(self.next) {
+            self.next += 1;
+            let mut out = [0.0; 7];
+            for (o, v) in out.iter_mut().zip(a) {
+                *o = *v as f64;
+            }
+            self.last_gripper = Some(out[6]);
+            return out;
+        }
+        let g = self
+            .last_gripper
+            .unwrap_or(if gripper_now < 0.0 { -1.0 } else { 1.0 });
+        let mut out = [0.0; 7];
+        out[..6].copy_from_slice(&hold_pose);
+        out[6] = g;
+        out
+    }
+}
+
+/// A VideoWorld 2 bundle in closed loop ([`crate::policy::Policy`]).
+pub struct Vw2EvalPolicy {
+    policy: Policy,
+    player: ChunkPlayer,
+    step: usize,
+    control_hz: f64,
+    relative: bool,
+}
+
+impl std::fmt::Debug for Vw2EvalPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vw2EvalPolicy")
+            .field("bundle", &self.policy.bundle().spec.name)
+            .field("step", &self.step)
+            .finish()
+    }
+}
+
+impl Vw2EvalPolicy {
+    /// Loads a bundle (`policy.yaml` or its folder) on the CPU (CUDA with the `cuda` feature).
+    pub fn load(path: &Path, options: PolicyOptions) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        let device = candle_core::Device::cuda_if_available(0)?;
+        #[cfg(not(feature = "cuda"))]
+        let device = candle_core::Device::Cpu;
+        let bundle = LoadedPolicy::load(path, &device)
+            .with_context(|| format!("{}: cannot load policy bundle", path.display()))?;
+        let control_hz = bundle.spec.control_rate_hz;
+        let relative = bundle.spec.action_space.kind == crate::policy::bundle::ActionKind::Relative;
+        let policy = Policy::new(bundle, options, device)?;
+        Ok(Self {
+            policy,
+            player: ChunkPlayer::default(),
+            step: 0,
+            control_hz,
+            relative,
+        })
+    }
+}
+
+impl EvalPolicy for Vw2EvalPolicy {
+    fn reset(&mut self, _task: &str, instruction: &str) -> Result<()> {
+        self.policy.reset(instruction)?;
+        self.player.clear();
+        self.step = 0;
+        Ok(())
+    }
+
+    fn step(&mut self, obs: &Observation, _env: &mut EnvAdapter) -> Result<Action> {
+        let t = self.step as f64 / self.control_hz;
+        self.step += 1;
+        if let Some(plan) = self
+            .policy
+            .observe(&obs.rgb_static, &obs.robot_obs, t)
+            .map_err(|e| anyhow!("policy step {}: {e:#}", self.step - 1))?
+        {
+            self.relative = plan.relative;
+            self.player.set_chunk(plan.actions);
+        }
+        let hold = if self.relative {
+            [0.0; 6]
+        } else {
+            let mut p = [0.0; 6];
+            p.copy_from_slice(&obs.robot_obs[..6]);
+            p
+        };
+        let gripper_now = obs.robot_obs.get(14).copied().unwrap_or(1.0);
+        Ok(self.player.next_action(hold, gripper_now))
+    }
+
+    fn relative(&self) -> bool {
+        self.relative
+    }
+}

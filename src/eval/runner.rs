@@ -1,0 +1,480 @@
+//! The CALVIN long-horizon rollout (`evaluate_policy.py::evaluate_sequence`)
+//! and the parallel, resumable run around it.
+//!
+//! Per chain: reset the env once to the chain's state (never between
+//! subtasks); per subtask: `policy.reset`, `start_info = env.info()`, then up
+//! to EP_LEN steps of policy step → env step → oracle
+//! (`task_success(start_info, [subtask])`); the subtask succeeds when the
+//! oracle reports it, and the chain stops at the first failure.
+//!
+//! W worker threads each own one env process and one policy instance. The
+//! main thread appends each finished chain to `chains.jsonl` (fsynced) as it
+//! arrives, so a killed run resumes without repeating or losing a chain. A
+//! simulator failure (crash, hang, garbage) fails only its chain: the env is
+//! restarted and the chain retried once, then recorded as an env error, which
+//! is reported apart and never counted as a policy failure.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+
+use super::chains::Chain;
+use super::failures::{failure_path, save_png, FrameLog, STRIP_FRAMES};
+use super::metrics::{ChainRecord, Metrics, SubtaskRecord};
+use super::policy::{EvalPolicy, PolicySpec};
+use super::sentences::validation_sentence;
+use super::store::{claim_run_dir, read_chain_log, write_results, ChainLog, RunInfo, CHAINS_FILE};
+use crate::io::env_adapter::{EnvAdapter, EnvConfig, EnvError};
+
+/// CALVIN's step budget per subtask.
+pub const EP_LEN: usize = 360;
+
+/// One chain to evaluate.
+#[derive(Debug, Clone)]
+pub struct EvalJob {
+    /// Index in the chain list.
+    pub index: usize,
+    /// The chain.
+    pub chain: Chain,
+}
+
+/// How to run an evaluation.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Step budget per subtask.
+    pub ep_len: usize,
+    /// Parallel env processes.
+    pub workers: usize,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Save a PNG strip per failed subtask under `DIR/failures/`.
+    pub save_failures: bool,
+    /// Run again the chains recorded as env errors.
+    pub retry_env_errors: bool,
+    /// The key of `results.json` (CALVIN's epoch; `null` when none).
+    pub epoch: Option<String>,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self {
+            ep_len: EP_LEN,
+            workers: 1,
+            progress: false,
+            save_failures: false,
+            retry_env_errors: false,
+            epoch: None,
+        }
+    }
+}
+
+/// What a subtask attempt kept for `--save-failures`.
+#[derive(Debug, Clone)]
+pub struct FailureClip {
+    /// Subtask position in the chain (0-based).
+    pub subtask: usize,
+    /// Task name.
+    pub task: String,
+    /// The frames.
+    pub frames: FrameLog,
+}
+
+/// The outcome of one chain rollout.
+#[derive(Debug, Clone, Default)]
+pub struct ChainOutcome {
+    /// Subtasks completed in a row.
+    pub completed: usize,
+    /// Per attempted subtask.
+    pub subtasks: Vec<SubtaskRecord>,
+    /// The failed subtask's frames (with `keep_frames`).
+    pub failure: Option<FailureClip>,
+}
+
+/// Why a rollout stopped early.
+#[derive(Debug)]
+pub enum RolloutError {
+    /// The simulator failed: retry on a fresh env.
+    Env(EnvError),
+    /// The policy (or the harness) failed: stops the run.
+    Policy(anyhow::Error),
+}
+
+impl std::fmt::Display for RolloutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Env(e) => write!(f, "{e}"),
+            Self::Policy(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl From<EnvError> for RolloutError {
+    fn from(e: EnvError) -> Self {
+        Self::Env(e)
+    }
+}
+
+/// Splits a policy's error: a simulator failure inside it (the scripted
+/// expert asks the env) is an env error, unless the backend refused the
+/// expert request itself (no expert: a configuration error).
+fn classify(e: anyhow::Error) -> RolloutError {
+    match e.downcast::<EnvError>() {
+        Ok(EnvError::Remote { op, .. }) if op == "expert_action" => {
+            RolloutError::Policy(anyhow!("the backend has no usable scripted expert ({op})"))
+        }
+        Ok(env) => RolloutError::Env(env),
+        Err(e) => RolloutError::Policy(e),
+    }
+}
+
+/// Rolls out one chain with CALVIN's protocol. With `keep_frames`, the
+/// static-camera frames of the failed subtask come back in the outcome.
+pub fn rollout_chain(
+    env: &mut EnvAdapter,
+    policy: &mut dyn EvalPolicy,
+    chain: &Chain,
+    index: usize,
+    ep_len: usize,
+    keep_frames: bool,
+) -> Result<ChainOutcome, RolloutError> {
+    let mut obs = env.reset(Some(&chain.robot_obs), Some(&chain.scene_obs))?;
+    policy.begin_chain(index).map_err(classify)?;
+    let mut out = ChainOutcome::default();
+    let mut frames = FrameLog::default();
+    for (k, task) in chain.tasks.iter().enumerate() {
+        let instruction = validation_sentence(task).unwrap_or(task.as_str());
+        policy.reset(task, instruction).map_err(classify)?;
+        let start_info = env.info()?;
+        frames.clear();
+        let mut success = false;
+        let mut steps = 0;
+        while steps < ep_len {
+            if keep_frames {
+                frames.offer(&obs.rgb_static);
+            }
+            let action = policy.step(&obs, env).map_err(classify)?;
+            if let Some(d) = action.iter().position(|v| !v.is_finite()) {
+                return Err(RolloutError::Policy(anyhow!(
+                    "chain {index}, subtask {task}, step {steps}: action[{d}] is {}",
+                    action[d]
+                )));
+            }
+            obs = env.step(&action, policy.relative())?;
+            steps += 1;
+            if env
+                .task_success(&start_info, &[task.as_str()])?
+                .iter()
+                .any(|t| t == task)
+            {
+                success = true;
+                break;
+            }
+        }
+        out.subtasks.push(SubtaskRecord {
+            task: task.clone(),
+            success,
+            steps,
+        });
+        if !success {
+            if keep_frames {
+                frames.offer_last(&obs.rgb_static);
+                out.failure = Some(FailureClip {
+                    subtask: k,
+                    task: task.clone(),
+                    frames: std::mem::take(&mut frames),
+                });
+            }
+            break;
+        }
+        out.completed += 1;
+    }
+    Ok(out)
+}
+
+/// Runs one chain with a retry on a fresh env after a simulator failure.
+/// `Err` only for policy/harness failures (which stop the run).
+fn run_job(
+    env: &mut Option<EnvAdapter>,
+    cfg: &EnvConfig,
+    policy: &mut dyn EvalPolicy,
+    job: &EvalJob,
+    opts: &EvalOptions,
+    out_dir: &Path,
+) -> Result<ChainRecord> {
+    const ATTEMPTS: usize = 2;
+    let mut first_error: Option<String> = None;
+    let mut last_error = String::new();
+    for attempt in 1..=ATTEMPTS {
+        if env.is_none() {
+            match EnvAdapter::spawn(cfg) {
+                Ok(e) => *env = Some(e),
+                Err(e) => {
+                    last_error = format!("restarting the env: {e}");
+                    tracing::warn!(chain = job.index, attempt, "{last_error}");
+                    first_error.get_or_insert_with(|| last_error.clone());
+                    continue;
+                }
+            }
+        }
+        let t0 = Instant::now();
+        let live = env.as_mut().expect("spawned above");
+        match rollout_chain(
+            live,
+            policy,
+            &job.chain,
+            job.index,
+            opts.ep_len,
+            opts.save_failures,
+        ) {
+            Ok(outcome) => {
+                if let Some(clip) = &outcome.failure {
+                    if let Some(strip) = clip.frames.strip(STRIP_FRAMES) {
+                        let p = failure_path(out_dir, job.index, clip.subtask, &clip.task);
+                        if let Err(e) = save_png(&p, &strip) {
+                            tracing::warn!("cannot save failure strip: {e:#}");
+                        }
+                    }
+                }
+                return Ok(ChainRecord {
+                    index: job.index,
+                    initial_condition: job.chain.initial_condition.clone(),
+                    tasks: job.chain.tasks.clone(),
+                    completed: outcome.completed,
+                    subtasks: outcome.subtasks,
+                    env_error: false,
+                    env_error_message: first_error,
+                    attempts: attempt,
+                    wall_s: t0.elapsed().as_secs_f64(),
+                });
+            }
+            Err(RolloutError::Env(e)) => {
+                last_error = e.to_string();
+                tracing::warn!(
+                    chain = job.index,
+                    attempt,
+                    "simulator failure; restarting the env: {last_error}"
+                );
+                first_error.get_or_insert_with(|| last_error.clone());
+                *env = None; // dropping kills the child
+            }
+            Err(RolloutError::Policy(e)) => {
+                return Err(e.context(format!("chain {}", job.index)));
+            }
+        }
+    }
+    Ok(ChainRecord {
+        index: job.index,
+        initial_condition: job.chain.initial_condition.clone(),
+        tasks: job.chain.tasks.clone(),
+        completed: 0,
+        subtasks: vec![],
+        env_error: true,
+        env_error_message: Some(last_error),
+        attempts: ATTEMPTS,
+        wall_s: 0.0,
+    })
+}
+
+/// What [`evaluate`] did.
+#[derive(Debug, Clone)]
+pub struct EvalReport {
+    /// Metrics over every chain recorded in the folder.
+    pub metrics: Metrics,
+    /// Selected chains already recorded when the run started (skipped).
+    pub resumed: usize,
+    /// Chains run now.
+    pub ran: usize,
+    /// All records in the folder, by index.
+    pub records: BTreeMap<usize, ChainRecord>,
+    /// Wall time of this invocation (s).
+    pub wall_s: f64,
+    /// Env steps taken by this invocation.
+    pub steps: usize,
+}
+
+enum Msg {
+    Done(Box<ChainRecord>),
+    Fatal(anyhow::Error),
+}
+
+/// Evaluates `jobs` into the run folder `out` (resuming what is there).
+pub fn evaluate(
+    env_cfg: &EnvConfig,
+    policy: &PolicySpec,
+    jobs: Vec<EvalJob>,
+    out: &Path,
+    run: &RunInfo,
+    opts: &EvalOptions,
+) -> Result<EvalReport> {
+    let t0 = Instant::now();
+    claim_run_dir(out, run)?;
+    let mut records = read_chain_log(&out.join(CHAINS_FILE), true)?;
+    let selected = jobs.len();
+    let todo: Vec<EvalJob> = jobs
+        .into_iter()
+        .filter(|j| match records.get(&j.index) {
+            None => true,
+            Some(r) => r.env_error && opts.retry_env_errors,
+        })
+        .collect();
+    let resumed = selected - todo.len();
+    let ran_target = todo.len();
+    let mut log = ChainLog::open(out)?;
+    let bar = if opts.progress {
+        indicatif::ProgressBar::new(ran_target as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} chains {msg} [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    let mut fatal: Option<anyhow::Error> = None;
+    let mut ran = 0;
+    let mut steps = 0;
+    if !todo.is_empty() {
+        let workers = opts.workers.clamp(1, todo.len());
+        let (job_tx, job_rx) = crossbeam_channel::unbounded::<EvalJob>();
+        for j in todo {
+            job_tx.send(j).expect("receiver alive");
+        }
+        drop(job_tx);
+        let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
+        let stop = AtomicBool::new(false);
+        let out_dir: PathBuf = out.to_path_buf();
+        std::thread::scope(|s| -> Result<()> {
+            for w in 0..workers {
+                let job_rx = job_rx.clone();
+                let tx = tx.clone();
+                let stop = &stop;
+                let out_dir = &out_dir;
+                std::thread::Builder::new()
+                    .name(format!("eval-worker-{w}"))
+                    .spawn_scoped(s, move || {
+                        worker(env_cfg, policy, &job_rx, &tx, opts, out_dir, stop)
+                    })?;
+            }
+            drop(tx);
+            for msg in rx.iter() {
+                match msg {
+                    Msg::Done(rec) => {
+                        let chain_steps: usize = rec.subtasks.iter().map(|s| s.steps).sum();
+                        if let Err(e) = log
+                            .append(&rec)
+                            .and_then(|()| super::store::insert_record(&mut records, *rec))
+                        {
+                            stop.store(true, Ordering::SeqCst);
+                            fatal.get_or_insert(e);
+                            continue;
+                        }
+                        ran += 1;
+                        steps += chain_steps;
+                        let m = Metrics::compute(&records.values().cloned().collect::<Vec<_>>());
+                        bar.set_message(format!(
+                            "avg len {:.2}, env errors {}",
+                            m.avg_seq_len, m.env_errors
+                        ));
+                        bar.inc(1);
+                    }
+                    Msg::Fatal(e) => {
+                        stop.store(true, Ordering::SeqCst);
+                        fatal.get_or_insert(e);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
+    bar.finish_and_clear();
+    let metrics = write_results(out, &records, opts.epoch.as_deref(), Some(run))?;
+    if let Some(e) = fatal {
+        return Err(e.context(format!(
+            "evaluation stopped; {ran} chains finished and were recorded in {}",
+            out.join(CHAINS_FILE).display()
+        )));
+    }
+    Ok(EvalReport {
+        metrics,
+        resumed,
+        ran,
+        records,
+        wall_s: t0.elapsed().as_secs_f64(),
+        steps,
+    })
+}
+
+fn worker(
+    cfg: &EnvConfig,
+    spec: &PolicySpec,
+    jobs: &crossbeam_channel::Receiver<EvalJob>,
+    tx: &crossbeam_channel::Sender<Msg>,
+    opts: &EvalOptions,
+    out_dir: &Path,
+    stop: &AtomicBool,
+) {
+    let mut policy = match spec.instantiate() {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = tx.send(Msg::Fatal(e.context("cannot create the policy")));
+            return;
+        }
+    };
+    // The first start must work: a backend that cannot start at all is a
+    // configuration error, not a per-chain simulator failure.
+    let mut env = match EnvAdapter::spawn(cfg) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            let _ = tx.send(Msg::Fatal(
+                anyhow::Error::new(e).context(format!("cannot start backend '{}'", cfg.backend)),
+            ));
+            return;
+        }
+    };
+    while !stop.load(Ordering::SeqCst) {
+        let Ok(job) = jobs.recv() else { break };
+        match run_job(&mut env, cfg, policy.as_mut(), &job, opts, out_dir) {
+            Ok(rec) => {
+                if tx.send(Msg::Done(Box::new(rec))).is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Msg::Fatal(e));
+                break;
+            }
+        }
+    }
+    if let Some(e) = env {
+        let _ = e.close();
+    }
+}
+
+/// Selects chains `[start, start + count)` of `all`, then (with a shard
+/// `(i, n)`) those whose index is `i` mod `n`.
+pub fn select_jobs(
+    all: &[Chain],
+    start: usize,
+    count: usize,
+    shard: Option<(usize, usize)>,
+) -> Result<Vec<EvalJob>> {
+    if start >= all.len() && count > 0 {
+        bail!(
+            "--start {start}: there are only {} chains (0..{})",
+            all.len(),
+            all.len()
+        );
+    }
+    let end = start.saturating_add(count).min(all.len());
+    Ok((start..end)
+        .filter(|i| shard.is_none_or(|(k, n)| i % n == k))
+        .map(|i| EvalJob {
+            index: i,
+            chain: all[i].clone(),
+        })
+        .collect())
+}
