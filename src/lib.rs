@@ -14,3 +14,4 @@ pub mod policy;
 pub mod ros;
 pub mod runtime;
 pub mod safety;
+pub mod train;

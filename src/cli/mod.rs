@@ -103,6 +103,14 @@ pub enum Command {
         #[command(subcommand)]
         cmd: crate::eval::cli::EvalCommand,
     },
+    /// Train a policy's stages (dLDM warm-up, AR, or all of them).
+    Train {
+        /// Which stage.
+        #[command(subcommand)]
+        what: crate::train::cli::TrainCommand,
+    },
+    /// Train the action head of a bundle on a labelled fraction of a dataset.
+    FinetuneHead(crate::train::cli::FinetuneHeadArgs),
     /// Write a tiny random-weight policy bundle (for tests and plumbing checks).
     MakeRandomPolicy {
         /// Output folder.
@@ -246,6 +254,8 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Eval { cmd } => crate::eval::cli::run(cmd),
+        Command::Train { what } => crate::train::cli::run_train(what),
+        Command::FinetuneHead(args) => crate::train::cli::run_finetune_head(args),
         Command::MakeRandomPolicy { out, seed, name } => {
             let yaml = create_random_policy(&out, &name, seed, &RandomPolicySizes::tiny())?;
             println!("wrote {}", yaml.display());
