@@ -295,6 +295,8 @@ impl<T> DropOldest<T> {
 /// Ingest stage: source → RGB at the model size → plan channel.
 struct IngestStage {
     source: Box<dyn ObservationSource>,
+    /// Capture time of the newest frame (f64 bits), read by the watchdog.
+    last_frame_t: Arc<AtomicU64>,
     out: Sender<Ingested>,
     latest: Option<Receiver<Ingested>>,
     size: [usize; 2],
@@ -308,6 +310,8 @@ impl IngestStage {
             return Ok(false);
         };
         let wall = Instant::now();
+        // The watchdog sees camera liveness here, not when the planner gets to it.
+        self.last_frame_t.store(obs.t.to_bits(), Ordering::Release);
         let image = to_rgb_resized(&obs.frame, self.size[0], self.size[1])
             .with_context(|| format!("frame {}", obs.seq))?;
         let msg = Ingested {
@@ -366,6 +370,7 @@ pub fn run(
         let ingest = {
             let mut stage = IngestStage {
                 source,
+                last_frame_t: last_frame_t.clone(),
                 out: ingest_tx,
                 latest: if lockstep {
                     None
@@ -402,7 +407,6 @@ pub fn run(
             let failed = failed.clone();
             let monitor = monitor.clone();
             let with_monitor = renderer.is_some();
-            let frames_t = last_frame_t.clone();
             std::thread::Builder::new()
                 .name("vw2-plan".into())
                 .spawn_scoped(scope, move || {
@@ -410,8 +414,6 @@ pub fn run(
                     let mut obs_to_plan = Histogram::default();
                     let mut plans = 0u64;
                     for msg in ingest_rx.iter() {
-                        // The watchdog sees the newest frame's capture time.
-                        frames_t.store(msg.t.to_bits(), Ordering::Release);
                         let t0 = Instant::now();
                         let plan = match planner.observe(&msg.image, &msg.robot_obs, msg.t) {
                             Ok(p) => p.map(Arc::new),
@@ -668,11 +670,12 @@ impl Actuate<'_> {
             if f.is_finite() {
                 self.safety.on_frame(f);
             }
-            // A quiet safety layer sends nothing (e.g. before the first plan, or
-            // after the holds for a stale camera); the loop keeps ticking so a
-            // fresh plan can move the arm again. A dead camera is the watchdog's
-            // business: once the source has ended and the layer is quiet, stop.
-            if !self.tick(now)? && source_ended {
+            // A quiet safety layer sends nothing. Before the first plan (a cold
+            // model) the loop keeps ticking so the plan can move the arm; once the
+            // camera is gone or stale (no frame for longer than the watchdog
+            // timeout) the holds have been sent and the run ends.
+            let camera_stale = f.is_finite() && now - f > self.safety.config().stale_timeout_s;
+            if !self.tick(now)? && (source_ended || camera_stale) {
                 return Ok("safety silent".into());
             }
         }
