@@ -7,7 +7,7 @@
 //!   their own. They need no dependencies beyond `anyhow` and `serde_yaml`.
 
 pub mod calvin;
-mod inflate;
+pub(crate) mod inflate;
 pub mod npy;
 pub mod npz;
 pub mod pickle;
