@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use vw2_policy::eval::chains::official_chains;
 use vw2_policy::eval::policy::NoopPolicy;
-use vw2_policy::eval::rollout_chain;
+use vw2_policy::eval::{rollout_chain, Capture};
 use vw2_policy::io::env_adapter::{EnvAdapter, EnvConfig};
 
 struct Row {
@@ -77,10 +77,17 @@ fn measure(backend: &str, n: usize, warmup: usize) -> anyhow::Result<Row> {
     let mut one = chain.clone();
     one.tasks.truncate(1);
     let mut policy = NoopPolicy;
-    let _ = rollout_chain(&mut env, &mut policy, &one, 0, warmup.max(1), false)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let _ = rollout_chain(
+        &mut env,
+        &mut policy,
+        &one,
+        0,
+        warmup.max(1),
+        Capture::default(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let t = Instant::now();
-    let out = rollout_chain(&mut env, &mut policy, &one, 0, n, false)
+    let out = rollout_chain(&mut env, &mut policy, &one, 0, n, Capture::default())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let secs = t.elapsed().as_secs_f64();
     let steps = out.subtasks.iter().map(|s| s.steps).sum::<usize>();

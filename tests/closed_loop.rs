@@ -171,22 +171,27 @@ fn bad_input_is_refused_clearly() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("frame time"), "{e}");
-    let e = Policy::new(
-        LoadedPolicy::load(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-policy"),
-            &Device::Cpu,
-        )
-        .unwrap(),
-        PolicyOptions {
-            replan_every: Some(5),
-            ..Default::default()
-        },
-        Device::Cpu,
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let refused = |options: PolicyOptions| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-policy");
+        let bundle = LoadedPolicy::load(&dir, &Device::Cpu).unwrap();
+        Policy::new(bundle, options, Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    let e = refused(PolicyOptions {
+        replan_every: Some(5),
+        ..Default::default()
+    });
     assert!(e.contains("replan_every: expected 1..=4, found 5"), "{e}");
+    let e = refused(PolicyOptions {
+        ensemble_decay: Some(f64::NAN),
+        ..Default::default()
+    });
+    assert!(
+        e.contains("ensemble_decay: expected a finite value ≥ 0, found NaN"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -203,4 +208,79 @@ fn bilinear_resize_preserves_constants_and_identity() {
         data: vec![77; 7 * 9 * 3],
     };
     assert!(resize_bilinear(&flat, 4, 5).data.iter().all(|&v| v == 77));
+}
+
+/// Plans from a run whose proprio changes every step (so chunks made inside
+/// one latent step differ).
+fn run_moving(p: &mut Policy, steps: usize) -> Vec<vw2_policy::policy::Plan> {
+    p.reset("open the drawer").unwrap();
+    (0..steps)
+        .filter_map(|i| {
+            let proprio: Vec<f64> = (0..15).map(|d| 0.3 * i as f64 - 0.05 * d as f64).collect();
+            p.observe(&frame(i), &proprio, i as f64 / 30.0).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_mid_step_replan_acts_from_its_own_frame() {
+    let mut p = policy(PolicyOptions {
+        replan_every: Some(1),
+        ..Default::default()
+    });
+    let plans = run_moving(&mut p, 8);
+    // The head's rows start at the latent step's first frame: a plan made o
+    // steps in keeps the last s − o of them.
+    let lens: Vec<usize> = plans.iter().map(|p| p.actions.len()).collect();
+    assert_eq!(lens, vec![4, 3, 2, 1, 4, 3, 2, 1]);
+}
+
+#[test]
+fn temporal_ensembling_averages_the_chunks_of_a_latent_step() {
+    let base = PolicyOptions {
+        replan_every: Some(1),
+        ..Default::default()
+    };
+    let plain = run_moving(&mut policy(base.clone()), 8);
+    let mean = run_moving(
+        &mut policy(PolicyOptions {
+            ensemble_decay: Some(0.0),
+            ..base.clone()
+        }),
+        8,
+    );
+    let oldest = run_moving(
+        &mut policy(PolicyOptions {
+            ensemble_decay: Some(60.0),
+            ..base
+        }),
+        8,
+    );
+    // The chunks really differ inside a latent step (else the test proves nothing).
+    assert_ne!(plain[1].actions[0], plain[0].actions[1]);
+    for n in 0..8 {
+        let (b, o) = (n - n % 4, n % 4);
+        assert_eq!(mean[n].actions.len(), 4 - o);
+        for (j, got) in mean[n].actions.iter().enumerate() {
+            // Chunk made at b + i holds the action for step n + j at row o + j − i.
+            let rows: Vec<&[f32; 7]> = (0..=o).map(|i| &plain[b + i].actions[o + j - i]).collect();
+            for d in 0..6 {
+                let want = rows.iter().map(|r| r[d]).sum::<f32>() / rows.len() as f32;
+                assert!(
+                    (got[d] - want).abs() < 1e-5,
+                    "step {n} row {j} dim {d}: {} vs {want}",
+                    got[d]
+                );
+            }
+            let g: f32 = rows.iter().map(|r| r[6]).sum();
+            if g != 0.0 {
+                assert_eq!(got[6], g.signum());
+            }
+            // A steep decay keeps the oldest chunk's action.
+            let first = &plain[b].actions[o + j];
+            for (x, y) in oldest[n].actions[j].iter().zip(first) {
+                assert!((x - y).abs() < 1e-5);
+            }
+        }
+    }
 }

@@ -826,3 +826,68 @@ fn chunks_play_in_order_switch_to_newer_plans_and_then_hold() {
     let h = p.next_action(pose, 1.0);
     assert_eq!(&h[..6], &pose);
 }
+
+#[test]
+fn demo_prints_each_subtask_and_writes_real_vs_imagined_strips() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("demo");
+    let stale = out.join("strips").join("chain0009_sub1_old_fail.png");
+    std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    std::fs::write(&stale, b"old").unwrap();
+    let bundle = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-policy");
+    let o = vw2()
+        .args([
+            "demo",
+            "--no-progress",
+            "--backend",
+            "fake",
+            "--chains",
+            "2",
+        ])
+        .args([
+            "--ep-len",
+            "9",
+            "--workers",
+            "1",
+            "--policy",
+            bundle,
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("Avg. Len."), "{stdout}");
+    let recs = lines(&out);
+    assert_eq!(recs.len(), 2);
+    for r in &recs {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("chain {:>3}:", r.index)))
+            .unwrap_or_else(|| panic!("no line for chain {}: {stdout}", r.index));
+        for (k, st) in r.subtasks.iter().enumerate() {
+            let mark = if st.success { "ok" } else { "FAIL" };
+            assert!(line.contains(&format!("{} {mark}", st.task)), "{line}");
+            // One strip per attempted subtask: 2 rows of 96 px tiles.
+            let p = out.join("strips").join(format!(
+                "chain{:04}_sub{}_{}_{}.png",
+                r.index,
+                k + 1,
+                st.task,
+                if st.success { "ok" } else { "fail" }
+            ));
+            let png = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+            let w = u32::from_be_bytes(png[16..20].try_into().unwrap());
+            let h = u32::from_be_bytes(png[20..24].try_into().unwrap());
+            assert_eq!(h, 192);
+            assert!(w >= 96 && w % 96 == 0 && w <= 8 * 96, "{w}");
+        }
+    }
+    assert!(!stale.exists(), "the previous demo's strips are replaced");
+}

@@ -17,9 +17,32 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Re-planning between latent steps and temporal ensembling of the chunks.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ReplanArgs {
+    /// Re-plan every K control steps inside a latent step (1..=s; default: at latent steps only).
+    #[arg(long)]
+    pub replan_every: Option<usize>,
+    /// Temporal ensembling with decay M: weights exp(−M·i), i = 0 the oldest chunk (use with --replan-every 1).
+    #[arg(long)]
+    pub ensemble_decay: Option<f64>,
+}
+
+impl ReplanArgs {
+    /// `options` with these settings.
+    pub fn apply(&self, mut options: crate::policy::PolicyOptions) -> crate::policy::PolicyOptions {
+        options.replan_every = self.replan_every.or(options.replan_every);
+        options.ensemble_decay = self.ensemble_decay.or(options.ensemble_decay);
+        options
+    }
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The main job: the bundled policy closed-loop on the built-in simulator over a
+    /// few CALVIN chains (per-subtask success, Avg. Len., real vs imagined strips).
+    Demo(crate::eval::demo::DemoArgs),
     /// Load a policy bundle and print each component (exits non-zero on any load error).
     Inspect {
         /// `policy.yaml` or the folder holding it.
@@ -81,6 +104,9 @@ pub enum Command {
         /// Sampler seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Re-planning and temporal ensembling.
+        #[command(flatten)]
+        replan: ReplanArgs,
         /// Extra argument for the simulator server (repeatable).
         #[arg(long = "sim-arg", allow_hyphen_values = true)]
         sim_args: Vec<String>,
@@ -173,6 +199,7 @@ pub fn run(cli: Cli) -> Result<()> {
             no_monitor,
             out,
             seed,
+            replan,
             sim_args,
         } => {
             let opts = crate::runtime::cli::RunOptions {
@@ -184,7 +211,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 safety,
                 monitor: !no_monitor,
                 out,
-                seed,
+                policy_options: replan.apply(crate::policy::PolicyOptions {
+                    seed,
+                    ..Default::default()
+                }),
             };
             let report = crate::runtime::cli::run_on_simulator(&opts)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -254,6 +284,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Eval { cmd } => crate::eval::cli::run(cmd),
+        Command::Demo(args) => crate::eval::demo::run(args),
         Command::Train { what } => crate::train::cli::run_train(what),
         Command::FinetuneHead(args) => crate::train::cli::run_finetune_head(args),
         Command::MakeRandomPolicy { out, seed, name } => {

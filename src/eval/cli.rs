@@ -69,12 +69,18 @@ pub struct CalvinArgs {
     /// Save a PNG strip of the static camera for every failed subtask under DIR/failures/.
     #[arg(long)]
     pub save_failures: bool,
+    /// Save a real-versus-imagined PNG strip per subtask under DIR/strips/ (VideoWorld 2 bundles).
+    #[arg(long)]
+    pub save_strips: bool,
     /// Step budget per subtask (CALVIN: 360).
     #[arg(long, default_value_t = EP_LEN)]
     pub ep_len: usize,
     /// Seed of the random policy (chain i uses seed + i) or of a bundle's sampler.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Re-planning and temporal ensembling (bundles).
+    #[command(flatten)]
+    pub replan: crate::cli::ReplanArgs,
     /// Evaluate the chains of this JSON file (as written by `calvin-chains`) instead of CALVIN's.
     #[arg(long)]
     pub chains_file: Option<PathBuf>,
@@ -143,7 +149,10 @@ fn calvin(a: CalvinArgs) -> Result<()> {
     if a.ep_len == 0 {
         bail!("--ep-len: expected at least 1");
     }
-    let policy = PolicySpec::parse(&a.policy, a.seed)?;
+    let mut policy = PolicySpec::parse(&a.policy, a.seed)?;
+    if let PolicySpec::Bundle { options, .. } = &mut policy {
+        *options = a.replan.apply(options.clone());
+    }
     let (chains, source) = match &a.chains_file {
         Some(p) => {
             let c = load_chains(p)?;
@@ -168,6 +177,7 @@ fn calvin(a: CalvinArgs) -> Result<()> {
         workers: a.workers,
         progress: !a.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         save_failures: a.save_failures,
+        save_strips: a.save_strips,
         retry_env_errors: a.retry_env_errors,
         epoch: a.epoch,
     };

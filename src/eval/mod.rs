@@ -15,6 +15,7 @@
 
 pub mod chains;
 pub mod cli;
+pub mod demo;
 pub mod failures;
 pub mod metrics;
 pub mod mt19937;
@@ -22,8 +23,9 @@ pub mod policy;
 pub mod runner;
 pub mod sentences;
 pub mod store;
+pub mod strips;
 
 pub use chains::{calvin_chains, official_chains, Chain, InitialCondition};
 pub use metrics::{ChainRecord, Metrics, SubtaskRecord, TaskInfo};
 pub use policy::{EvalPolicy, PolicySpec};
-pub use runner::{evaluate, rollout_chain, EvalJob, EvalOptions, EvalReport, EP_LEN};
+pub use runner::{evaluate, rollout_chain, Capture, EvalJob, EvalOptions, EvalReport, EP_LEN};

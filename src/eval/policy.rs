@@ -7,8 +7,10 @@ use anyhow::{anyhow, Context, Result};
 use rand::{Rng, SeedableRng};
 
 use crate::io::env_adapter::EnvAdapter;
-use crate::io::Observation;
+use crate::io::{Observation, RgbImage};
+use crate::policy::Plan;
 use crate::policy::{LoadedPolicy, Policy, PolicyOptions};
+use crate::runtime::{DecoderRenderer, Renderer};
 
 /// A 7-D CALVIN action: xyz, euler xyz, gripper (exactly −1 close / +1 open).
 /// Relative actions are in CALVIN units (xyz·0.02 m, euler·0.05 rad, clipped to [−1, 1]).
@@ -32,6 +34,13 @@ pub trait EvalPolicy: Send {
     /// Whether [`EvalPolicy::step`]'s actions are relative (CALVIN's `rel_actions`).
     fn relative(&self) -> bool {
         true
+    }
+    /// Policies with a world model: when the last [`EvalPolicy::step`] made a
+    /// new plan, the frames it imagines for the planned latent step (an RGB
+    /// strip of `horizon` frames side by side) and `horizon` (control steps).
+    /// `None` for policies that imagine nothing or made no plan on that step.
+    fn imagined(&mut self) -> Result<Option<(RgbImage, usize)>> {
+        Ok(None)
     }
 }
 
@@ -223,6 +232,8 @@ impl ChunkPlayer {
 /// A VideoWorld 2 bundle in closed loop ([`crate::policy::Policy`]).
 pub struct Vw2EvalPolicy {
     policy: Policy,
+    renderer: DecoderRenderer,
+    fresh_plan: Option<Plan>,
     player: ChunkPlayer,
     step: usize,
     control_hz: f64,
@@ -249,9 +260,12 @@ impl Vw2EvalPolicy {
             .with_context(|| format!("{}: cannot load policy bundle", path.display()))?;
         let control_hz = bundle.spec.control_rate_hz;
         let relative = bundle.spec.action_space.kind == crate::policy::bundle::ActionKind::Relative;
+        let renderer = DecoderRenderer::new(bundle.dldm.clone());
         let policy = Policy::new(bundle, options, device)?;
         Ok(Self {
             policy,
+            renderer,
+            fresh_plan: None,
             player: ChunkPlayer::default(),
             step: 0,
             control_hz,
@@ -264,6 +278,7 @@ impl EvalPolicy for Vw2EvalPolicy {
     fn reset(&mut self, _task: &str, instruction: &str) -> Result<()> {
         self.policy.reset(instruction)?;
         self.player.clear();
+        self.fresh_plan = None;
         self.step = 0;
         Ok(())
     }
@@ -271,13 +286,15 @@ impl EvalPolicy for Vw2EvalPolicy {
     fn step(&mut self, obs: &Observation, _env: &mut EnvAdapter) -> Result<Action> {
         let t = self.step as f64 / self.control_hz;
         self.step += 1;
+        self.fresh_plan = None;
         if let Some(plan) = self
             .policy
             .observe(&obs.rgb_static, &obs.robot_obs, t)
             .map_err(|e| anyhow!("policy step {}: {e:#}", self.step - 1))?
         {
             self.relative = plan.relative;
-            self.player.set_chunk(plan.actions);
+            self.player.set_chunk(plan.actions.clone());
+            self.fresh_plan = Some(plan);
         }
         let hold = if self.relative {
             [0.0; 6]
@@ -292,5 +309,16 @@ impl EvalPolicy for Vw2EvalPolicy {
 
     fn relative(&self) -> bool {
         self.relative
+    }
+
+    fn imagined(&mut self) -> Result<Option<(RgbImage, usize)>> {
+        let Some(plan) = self.fresh_plan.take() else {
+            return Ok(None);
+        };
+        let strip = self
+            .renderer
+            .render(&plan)
+            .map_err(|e| anyhow!("imagining latent step {}: {e:#}", plan.latent_step))?;
+        Ok(Some((strip, self.policy.steps_per_latent())))
     }
 }

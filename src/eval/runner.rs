@@ -27,7 +27,9 @@ use super::metrics::{ChainRecord, Metrics, SubtaskRecord};
 use super::policy::{EvalPolicy, PolicySpec};
 use super::sentences::validation_sentence;
 use super::store::{claim_run_dir, read_chain_log, write_results, ChainLog, RunInfo, CHAINS_FILE};
+use super::strips::{strip_path, ImaginationLog, STRIP_COLUMNS};
 use crate::io::env_adapter::{EnvAdapter, EnvConfig, EnvError};
+use crate::io::RgbImage;
 
 /// CALVIN's step budget per subtask.
 pub const EP_LEN: usize = 360;
@@ -52,6 +54,9 @@ pub struct EvalOptions {
     pub progress: bool,
     /// Save a PNG strip per failed subtask under `DIR/failures/`.
     pub save_failures: bool,
+    /// Save a real-versus-imagined PNG strip per subtask under `DIR/strips/`
+    /// (policies that imagine; see [`super::strips`]).
+    pub save_strips: bool,
     /// Run again the chains recorded as env errors.
     pub retry_env_errors: bool,
     /// The key of `results.json` (CALVIN's epoch; `null` when none).
@@ -65,6 +70,7 @@ impl Default for EvalOptions {
             workers: 1,
             progress: false,
             save_failures: false,
+            save_strips: false,
             retry_env_errors: false,
             epoch: None,
         }
@@ -82,6 +88,28 @@ pub struct FailureClip {
     pub frames: FrameLog,
 }
 
+/// A real-versus-imagined strip of one subtask attempt.
+#[derive(Debug, Clone)]
+pub struct SubtaskStrip {
+    /// Subtask position in the chain (0-based).
+    pub subtask: usize,
+    /// Task name.
+    pub task: String,
+    /// Whether the oracle reported success.
+    pub success: bool,
+    /// The image (real frames on top, imagined below).
+    pub image: RgbImage,
+}
+
+/// What a rollout keeps besides the outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capture {
+    /// The failed subtask's static-camera frames ([`ChainOutcome::failure`]).
+    pub failure_frames: bool,
+    /// Real-versus-imagined strips of every subtask ([`ChainOutcome::strips`]).
+    pub strips: bool,
+}
+
 /// The outcome of one chain rollout.
 #[derive(Debug, Clone, Default)]
 pub struct ChainOutcome {
@@ -89,8 +117,10 @@ pub struct ChainOutcome {
     pub completed: usize,
     /// Per attempted subtask.
     pub subtasks: Vec<SubtaskRecord>,
-    /// The failed subtask's frames (with `keep_frames`).
+    /// The failed subtask's frames (with [`Capture::failure_frames`]).
     pub failure: Option<FailureClip>,
+    /// One strip per attempted subtask that imagined something (with [`Capture::strips`]).
+    pub strips: Vec<SubtaskStrip>,
 }
 
 /// Why a rollout stopped early.
@@ -130,25 +160,28 @@ fn classify(e: anyhow::Error) -> RolloutError {
     }
 }
 
-/// Rolls out one chain with CALVIN's protocol. With `keep_frames`, the
-/// static-camera frames of the failed subtask come back in the outcome.
+/// Rolls out one chain with CALVIN's protocol; `capture` says which frames
+/// come back in the outcome besides the results.
 pub fn rollout_chain(
     env: &mut EnvAdapter,
     policy: &mut dyn EvalPolicy,
     chain: &Chain,
     index: usize,
     ep_len: usize,
-    keep_frames: bool,
+    capture: Capture,
 ) -> Result<ChainOutcome, RolloutError> {
+    let keep_frames = capture.failure_frames;
     let mut obs = env.reset(Some(&chain.robot_obs), Some(&chain.scene_obs))?;
     policy.begin_chain(index).map_err(classify)?;
     let mut out = ChainOutcome::default();
     let mut frames = FrameLog::default();
+    let mut imagination = ImaginationLog::default();
     for (k, task) in chain.tasks.iter().enumerate() {
         let instruction = validation_sentence(task).unwrap_or(task.as_str());
         policy.reset(task, instruction).map_err(classify)?;
         let start_info = env.info()?;
         frames.clear();
+        imagination.clear();
         let mut success = false;
         let mut steps = 0;
         while steps < ep_len {
@@ -156,6 +189,12 @@ pub fn rollout_chain(
                 frames.offer(&obs.rgb_static);
             }
             let action = policy.step(&obs, env).map_err(classify)?;
+            if capture.strips {
+                imagination.push_real(&obs.rgb_static);
+                if let Some((imagined, horizon)) = policy.imagined().map_err(classify)? {
+                    imagination.push_imagined(steps, &imagined, horizon);
+                }
+            }
             if let Some(d) = action.iter().position(|v| !v.is_finite()) {
                 return Err(RolloutError::Policy(anyhow!(
                     "chain {index}, subtask {task}, step {steps}: action[{d}] is {}",
@@ -178,6 +217,17 @@ pub fn rollout_chain(
             success,
             steps,
         });
+        if capture.strips {
+            imagination.push_real(&obs.rgb_static);
+            if let Some(image) = imagination.strip(STRIP_COLUMNS) {
+                out.strips.push(SubtaskStrip {
+                    subtask: k,
+                    task: task.clone(),
+                    success,
+                    image,
+                });
+            }
+        }
         if !success {
             if keep_frames {
                 frames.offer_last(&obs.rgb_static);
@@ -227,9 +277,18 @@ fn run_job(
             &job.chain,
             job.index,
             opts.ep_len,
-            opts.save_failures,
+            Capture {
+                failure_frames: opts.save_failures,
+                strips: opts.save_strips,
+            },
         ) {
             Ok(outcome) => {
+                for st in &outcome.strips {
+                    let p = strip_path(out_dir, job.index, st.subtask, &st.task, st.success);
+                    if let Err(e) = save_png(&p, &st.image) {
+                        tracing::warn!("cannot save imagination strip: {e:#}");
+                    }
+                }
                 if let Some(clip) = &outcome.failure {
                     if let Some(strip) = clip.frames.strip(STRIP_FRAMES) {
                         let p = failure_path(out_dir, job.index, clip.subtask, &clip.task);

@@ -37,6 +37,14 @@ pub struct PolicyOptions {
     /// codes and visual features stay; the head re-runs with fresh proprio.
     #[serde(default)]
     pub replan_every: Option<usize>,
+    /// Temporal ensembling (ACT, Zhao et al. 2023) with decay `m`: the action
+    /// for a control step is the weighted mean of every chunk made in the
+    /// current latent step that covers it, weight `exp(−m·i)` with `i = 0` the
+    /// oldest chunk (gripper: the sign of the weighted mean; absolute euler
+    /// angles are averaged on the circle). `m = 0` is a plain mean. Only useful
+    /// with re-planning (`replan_every: 1`); `None`: the newest chunk alone.
+    #[serde(default)]
+    pub ensemble_decay: Option<f64>,
 }
 
 fn d_window() -> usize {
@@ -50,6 +58,7 @@ impl Default for PolicyOptions {
             seed: 0,
             window_latent_steps: d_window(),
             replan_every: None,
+            ensemble_decay: None,
         }
     }
 }
@@ -92,6 +101,8 @@ pub struct Policy {
     predicted: Vec<u32>,
     current_features: Option<Tensor>,
     sampler: Sampler,
+    /// Chunks made in the current latent step (oldest first), rows from its first control step.
+    step_chunks: Vec<Vec<[f32; ACTION_DIM]>>,
 }
 
 impl Policy {
@@ -112,6 +123,12 @@ impl Policy {
             options.window_latent_steps >= 1,
             "window_latent_steps: expected ≥ 1, found 0"
         );
+        if let Some(m) = options.ensemble_decay {
+            ensure!(
+                m.is_finite() && m >= 0.0,
+                "ensemble_decay: expected a finite value ≥ 0, found {m}"
+            );
+        }
         let vocab = bundle.ar.config().vocab_size;
         let sampler = Sampler::new(options.sampling, options.seed).with_vocab_size(vocab);
         Ok(Self {
@@ -128,6 +145,7 @@ impl Policy {
             predicted: vec![],
             current_features: None,
             sampler,
+            step_chunks: vec![],
         })
     }
 
@@ -154,6 +172,7 @@ impl Policy {
         self.observed.clear();
         self.predicted.clear();
         self.current_features = None;
+        self.step_chunks.clear();
         self.sampler = Sampler::new(self.options.sampling, self.options.seed)
             .with_vocab_size(self.bundle.ar.config().vocab_size);
         Ok(())
@@ -214,7 +233,25 @@ impl Policy {
         {
             return Ok(None);
         }
-        let actions = self.run_head(proprio.as_ref())?;
+        // Head rows start at the latent step's first control step; a plan made
+        // `offset` steps into it acts from its own frame on.
+        let offset = n % s;
+        let rows = self.run_head(proprio.as_ref())?;
+        if offset == 0 {
+            self.step_chunks.clear();
+        }
+        let actions = match self.options.ensemble_decay {
+            Some(m) => {
+                self.step_chunks.push(rows);
+                ensemble(
+                    &self.step_chunks,
+                    offset,
+                    m,
+                    self.bundle.spec.action_space.kind,
+                )
+            }
+            None => rows.get(offset..).unwrap_or_default().to_vec(),
+        };
         Ok(Some(Plan {
             t,
             control_step: n,
@@ -376,6 +413,70 @@ impl Policy {
     }
 }
 
+/// Temporal ensembling: rows `from..` of the weighted mean of `chunks`
+/// (oldest first, each with rows from the same first control step), weight
+/// `exp(−decay·i)` for chunk `i`. Relative xyz/euler: weighted mean; absolute
+/// euler: weighted circular mean about the oldest chunk's angle; gripper: the
+/// sign of the weighted mean (the newest chunk's on a tie).
+pub fn ensemble(
+    chunks: &[Vec<[f32; ACTION_DIM]>],
+    from: usize,
+    decay: f64,
+    kind: ActionKind,
+) -> Vec<[f32; ACTION_DIM]> {
+    let len = chunks.iter().map(Vec::len).min().unwrap_or(0);
+    let weights: Vec<f64> = (0..chunks.len())
+        .map(|i| (-decay * i as f64).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    (from..len)
+        .map(|j| {
+            let mut out = [0f32; ACTION_DIM];
+            for d in 0..ACTION_DIM {
+                let reference = f64::from(chunks[0][j][d]);
+                let circular = kind == ActionKind::Absolute && (3..6).contains(&d);
+                let mean = chunks
+                    .iter()
+                    .zip(&weights)
+                    .map(|(c, w)| {
+                        let v = f64::from(c[j][d]);
+                        w * if circular {
+                            wrap_angle(v - reference)
+                        } else {
+                            v
+                        }
+                    })
+                    .sum::<f64>()
+                    / total;
+                out[d] = if d == ACTION_DIM - 1 {
+                    if mean > 0.0 {
+                        1.0
+                    } else if mean < 0.0 {
+                        -1.0
+                    } else {
+                        chunks[chunks.len() - 1][j][d]
+                    }
+                } else if circular {
+                    wrap_angle(reference + mean) as f32
+                } else {
+                    mean as f32
+                };
+            }
+            out
+        })
+        .collect()
+}
+
+/// An angle wrapped into (−π, π] (rad).
+fn wrap_angle(a: f64) -> f64 {
+    let w = a.rem_euclid(std::f64::consts::TAU);
+    if w > std::f64::consts::PI {
+        w - std::f64::consts::TAU
+    } else {
+        w
+    }
+}
+
 /// Bilinear resize of an RGB image (half-pixel centres, like
 /// `torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`).
 pub fn resize_bilinear(img: &RgbImage, out_h: usize, out_w: usize) -> RgbImage {
@@ -406,5 +507,37 @@ pub fn resize_bilinear(img: &RgbImage, out_h: usize, out_w: usize) -> RgbImage {
         height: out_h,
         width: out_w,
         data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ensembling_absolute_angles_averages_across_the_wrap() {
+        let pi = std::f32::consts::PI;
+        let a = vec![[0.5, 0.0, 0.0, pi - 0.1, 0.0, 0.0, 1.0]];
+        let b = vec![[0.7, 0.0, 0.0, -pi + 0.1, 0.0, 0.0, -1.0]];
+        let out = ensemble(&[a.clone(), b.clone()], 0, 0.0, ActionKind::Absolute);
+        assert!((out[0][0] - 0.6).abs() < 1e-6);
+        // The mean of π − 0.1 and −π + 0.1 on the circle is π, not 0.
+        assert!((out[0][3].abs() - pi).abs() < 1e-5, "{}", out[0][3]);
+        // A tie on the gripper keeps the newest chunk's command.
+        assert_eq!(out[0][6], -1.0);
+        // Relative actions are plain means.
+        let rel = ensemble(&[a, b], 0, 0.0, ActionKind::Relative);
+        assert!(rel[0][3].abs() < 1e-6);
+    }
+
+    #[test]
+    fn ensembling_weights_decay_from_the_oldest_chunk() {
+        let chunks = vec![vec![[1.0; 7]; 2], vec![[0.0; 7]; 2]];
+        let m = 0.5f64;
+        let out = ensemble(&chunks, 1, m, ActionKind::Relative);
+        assert_eq!(out.len(), 1);
+        let want = 1.0 / (1.0 + (-m).exp());
+        assert!((f64::from(out[0][0]) - want).abs() < 1e-6);
+        assert_eq!(out[0][6], 1.0);
     }
 }

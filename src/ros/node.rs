@@ -247,6 +247,8 @@ pub fn run_node(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<()> {
         bundle,
         PolicyOptions {
             seed: params.seed,
+            replan_every: params.replan_every,
+            ensemble_decay: params.ensemble_decay,
             ..Default::default()
         },
         dev,

@@ -280,6 +280,12 @@ pub struct NodeParams {
     /// Sampler seed of the policy.
     #[serde(default)]
     pub seed: u64,
+    /// Re-plan every k control steps inside a latent step (1..=s; absent: at latent steps only).
+    #[serde(default)]
+    pub replan_every: Option<usize>,
+    /// Temporal ensembling decay m (weights exp(−m·i), oldest chunk first; use with `replan_every: 1`).
+    #[serde(default)]
+    pub ensemble_decay: Option<f64>,
     /// The safety envelope (every [`SafetyConfig`] field, same units). Required:
     /// there is no default envelope for a real robot. `control_rate_hz` is the
     /// node's command rate.

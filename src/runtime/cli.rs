@@ -78,8 +78,8 @@ pub struct RunOptions {
     pub monitor: bool,
     /// Output folder for the report and imagined strips.
     pub out: Option<PathBuf>,
-    /// Sampler seed.
-    pub seed: u64,
+    /// Closed-loop options (sampler seed, re-planning, ensembling).
+    pub policy_options: PolicyOptions,
 }
 
 /// `vw2 run`: the pipeline closed-loop on a simulator.
@@ -89,14 +89,7 @@ pub fn run_on_simulator(o: &RunOptions) -> Result<RunReport> {
     let renderer: Option<Box<dyn Renderer>> = o
         .monitor
         .then(|| Box::new(DecoderRenderer::new(bundle.dldm.clone())) as Box<dyn Renderer>);
-    let policy = Policy::new(
-        bundle,
-        PolicyOptions {
-            seed: o.seed,
-            ..Default::default()
-        },
-        dev,
-    )?;
+    let policy = Policy::new(bundle, o.policy_options.clone(), dev)?;
     let mut env = EnvConfig::new(&o.backend);
     env.args = o.sim_args.clone();
     let io = SimIo::start(&env, None, None)?;

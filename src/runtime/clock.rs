@@ -19,6 +19,11 @@ pub fn instant_at(t: f64) -> Instant {
     epoch() + Duration::from_secs_f64(t.max(0.0))
 }
 
+/// The [`now_s`] time of an `Instant` (0 for instants before the clock's epoch).
+pub fn seconds_at(t: Instant) -> f64 {
+    t.saturating_duration_since(epoch()).as_secs_f64()
+}
+
 /// Sleeps until `deadline`: OS sleep to 1 ms before it, then a spin.
 pub fn sleep_until(deadline: Instant) {
     const SPIN: Duration = Duration::from_millis(1);

@@ -19,5 +19,6 @@ pub mod metrics;
 pub mod stages;
 
 pub use stages::{
-    run, BusyRenderer, DecoderRenderer, NullPlanner, Planner, Renderer, RunReport, RuntimeConfig,
+    run, BusyRenderer, DecoderRenderer, NullPlanner, PhaseAligner, Planner, Renderer, RunReport,
+    RuntimeConfig,
 };

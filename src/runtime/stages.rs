@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use serde::Serialize;
 
-use super::clock::{instant_at, now_s, sleep_until};
+use super::clock::{instant_at, now_s, seconds_at, sleep_until};
 use super::ingest::to_rgb_resized;
 use super::metrics::{Histogram, Summary};
 use crate::io::robot::{tcp_from_robot_obs, CommandSink, ObservationSource, RobotIo};
@@ -179,6 +179,11 @@ pub struct RuntimeConfig {
     pub keep_imagined: usize,
     /// How long ingest waits for an observation before failing (s).
     pub frame_timeout_s: f64,
+    /// Real time: phase-align the actuate clock with the camera. After each
+    /// plan the clock is delayed (never advanced: periods only lengthen, so the
+    /// safety layer's per-tick limits stay conservative) until ticks land this
+    /// long after plans become ready (s). `None`: a free-running clock.
+    pub phase_lead_s: Option<f64>,
 }
 
 impl RuntimeConfig {
@@ -191,6 +196,7 @@ impl RuntimeConfig {
             monitor_queue: 4,
             keep_imagined: 16,
             frame_timeout_s: 30.0,
+            phase_lead_s: Some(0.0005),
         }
     }
 }
@@ -244,6 +250,8 @@ struct Ingested {
 struct PlanUpdate {
     t: f64,
     wall: Instant,
+    /// When the planner finished with this frame.
+    ready: Instant,
     robot_obs: Vec<f64>,
     plan: Option<Arc<Plan>>,
 }
@@ -436,6 +444,7 @@ pub fn run(
                         let upd = PlanUpdate {
                             t: msg.t,
                             wall: msg.wall,
+                            ready: Instant::now(),
                             robot_obs: msg.robot_obs,
                             plan,
                         };
@@ -550,6 +559,45 @@ fn lower_thread_priority() {
     }
 }
 
+/// Phase alignment of the fixed-rate actuate clock with plan arrivals: a
+/// tick that finds a plan ready more than a tolerance before it moves the
+/// clock later by at most `slew` per plan, until ticks land `lead` after plans
+/// are ready. It only ever delays, so every period is at least the nominal one.
+#[derive(Debug, Clone)]
+pub struct PhaseAligner {
+    period: f64,
+    lead: Option<f64>,
+    tolerance: f64,
+    slew: f64,
+}
+
+impl PhaseAligner {
+    /// Aligner for a clock of `period` (s); `lead` (s) after plans, or none.
+    pub fn new(period: f64, lead: Option<f64>) -> Self {
+        let lead = lead.filter(|l| l.is_finite() && *l >= 0.0);
+        Self {
+            period,
+            lead,
+            tolerance: lead.unwrap_or(0.0) + 0.002_f64.min(0.1 * period),
+            slew: 0.1 * period,
+        }
+    }
+
+    /// The delay (s, ≥ 0) to add to the clock after the tick with deadline
+    /// `tick` found a plan that became ready at `ready` (both on the runtime clock).
+    pub fn delay(&self, tick: f64, ready: f64) -> f64 {
+        let Some(lead) = self.lead else {
+            return 0.0;
+        };
+        let late = tick - (ready + lead);
+        if !(late > self.tolerance && late < self.period) {
+            return 0.0;
+        }
+        // Delaying by `period − late` puts the previous tick `lead` after the plan.
+        (self.period - late).min(self.slew)
+    }
+}
+
 /// Actuate stage state.
 struct Actuate<'a> {
     safety: &'a mut SafetyLayer,
@@ -641,7 +689,8 @@ impl Actuate<'_> {
         last_frame_t: &AtomicU64,
     ) -> Result<String> {
         let period = 1.0 / self.rate;
-        let start = now_s();
+        let phase = PhaseAligner::new(period, cfg.phase_lead_s);
+        let mut start = now_s();
         let mut k = 0u64;
         let mut source_ended = false;
         loop {
@@ -658,7 +707,12 @@ impl Actuate<'_> {
             k += 1;
             loop {
                 match rx.try_recv() {
-                    Ok(upd) => self.absorb(upd),
+                    Ok(upd) => {
+                        if upd.plan.is_some() {
+                            start += phase.delay(deadline, seconds_at(upd.ready));
+                        }
+                        self.absorb(upd)
+                    }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         source_ended = true;
@@ -697,5 +751,73 @@ impl Actuate<'_> {
                 None => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PhaseAligner;
+
+    /// Simulates a 30 Hz clock and a 30 Hz camera whose plans (one per 4
+    /// frames) are ready `latency` after capture; returns (late of each plan's
+    /// first tick, tick times).
+    fn simulate(aligner: &PhaseAligner, camera_phase: f64, latency: f64) -> (Vec<f64>, Vec<f64>) {
+        let period = 1.0 / 30.0;
+        let mut start = 0.0;
+        let mut ticks = vec![];
+        let mut lates = vec![];
+        let mut next_plan = 0usize;
+        let ready = |i: usize| camera_phase + (4 * i) as f64 * period + latency;
+        for k in 0..600u64 {
+            let deadline = start + k as f64 * period;
+            ticks.push(deadline);
+            while ready(next_plan) <= deadline {
+                let r = ready(next_plan);
+                lates.push(deadline - r);
+                start += aligner.delay(deadline, r);
+                next_plan += 1;
+            }
+        }
+        (lates, ticks)
+    }
+
+    #[test]
+    fn aligns_ticks_just_after_plans_and_never_shortens_a_period() {
+        let period = 1.0 / 30.0;
+        let lead = 0.0005;
+        let aligner = PhaseAligner::new(period, Some(lead));
+        for phase in [0.001, 0.005, 0.0167, 0.03, 0.0333] {
+            let (lates, ticks) = simulate(&aligner, phase, 0.002);
+            // Free-running, the command waits up to a period for the next tick.
+            let (free, _) = simulate(&PhaseAligner::new(period, None), phase, 0.002);
+            let tail = &lates[lates.len() - 50..];
+            for &l in tail {
+                assert!(
+                    (-1e-9..=lead + 0.0021).contains(&l),
+                    "phase {phase}: late {l}"
+                );
+            }
+            assert!(free[free.len() - 1] > tail[tail.len() - 1] - 1e-12);
+            for w in ticks.windows(2) {
+                assert!(w[1] - w[0] >= period - 1e-12, "a period shrank");
+                assert!(
+                    w[1] - w[0] <= 1.1 * period + 1e-12,
+                    "a delay beyond the slew"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn no_lead_means_a_free_running_clock() {
+        let a = PhaseAligner::new(1.0 / 30.0, None);
+        assert_eq!(a.delay(1.0, 0.99), 0.0);
+        let a = PhaseAligner::new(1.0 / 30.0, Some(0.0005));
+        // Ready 10 ms before the tick: delay by the slew (3.3 ms), not more.
+        assert!((a.delay(1.0, 0.99) - 0.1 / 30.0).abs() < 1e-12);
+        // Ready just before the tick (within the tolerance): no change.
+        assert_eq!(a.delay(1.0, 0.999), 0.0);
+        // Ready after the tick's deadline (the tick woke late): no change.
+        assert_eq!(a.delay(1.0, 1.001), 0.0);
     }
 }

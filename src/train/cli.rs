@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::ar::{train_ar, ArTrainOptions};
 use super::config::{
-    load_or_default, AllStagesConfig, ArStageConfig, HeadStageConfig, LdmStageConfig,
+    load_or_default, load_stage, AllStagesConfig, ArStageConfig, HeadStageConfig, LdmStageConfig,
 };
 use super::head::{finetune_head, HeadTrainOptions};
 use super::ldm::{train_ldm, LdmTrainOptions};
@@ -74,7 +74,7 @@ pub struct LdmArgs {
     /// Run folder (checkpoints, loss.csv, dldm.safetensors, ldm_output.yaml).
     #[arg(long)]
     pub out: PathBuf,
-    /// Stage config YAML (see `LdmStageConfig`; default: tiny sizes).
+    /// Stage config YAML (see `LdmStageConfig`; default: tiny sizes), or a `train all` file (its `ldm:` section).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Take the dLDM sizes and image size from this policy.yaml instead.
@@ -97,7 +97,7 @@ pub struct ArArgs {
     /// Run folder (checkpoints, loss.csv, ar.safetensors, bundle/).
     #[arg(long)]
     pub out: PathBuf,
-    /// Stage config YAML (see `ArStageConfig`).
+    /// Stage config YAML (see `ArStageConfig`), or a `train all` file (its `ar:` section).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Loop settings.
@@ -123,7 +123,7 @@ pub struct FinetuneHeadArgs {
     /// Validate on this split instead of held-out episodes of --dataset.
     #[arg(long)]
     pub val_dataset: Option<PathBuf>,
-    /// Stage config YAML (see `HeadStageConfig`).
+    /// Stage config YAML (see `HeadStageConfig`), or a `train all` file (its `head:` section).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Loop settings.
@@ -160,7 +160,7 @@ fn print_json<T: Serialize>(v: &T) -> Result<()> {
 }
 
 fn ldm_config(args: &LdmArgs) -> Result<LdmStageConfig> {
-    let mut cfg: LdmStageConfig = load_or_default(args.config.as_deref())?;
+    let mut cfg: LdmStageConfig = load_stage(args.config.as_deref(), "ldm")?;
     if let Some(p) = &args.policy_config {
         let yaml = if p.is_dir() {
             p.join("policy.yaml")
@@ -190,7 +190,7 @@ pub fn run_train(cmd: TrainCommand) -> Result<()> {
             print_json(&r)
         }
         TrainCommand::Ar(a) => {
-            let mut config: ArStageConfig = load_or_default(a.config.as_deref())?;
+            let mut config: ArStageConfig = load_stage(a.config.as_deref(), "ar")?;
             a.run.apply(&mut config.train);
             let r = train_ar(&ArTrainOptions {
                 dataset: a.dataset,
@@ -208,7 +208,7 @@ pub fn run_train(cmd: TrainCommand) -> Result<()> {
 
 /// Runs `vw2 finetune-head`; prints a JSON summary.
 pub fn run_finetune_head(a: FinetuneHeadArgs) -> Result<()> {
-    let mut config: HeadStageConfig = load_or_default(a.config.as_deref())?;
+    let mut config: HeadStageConfig = load_stage(a.config.as_deref(), "head")?;
     a.run.apply(&mut config.train);
     let r = finetune_head(&HeadTrainOptions {
         dataset: a.dataset,

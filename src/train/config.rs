@@ -430,6 +430,45 @@ pub fn load_or_default<T: DeserializeOwned + Default>(path: Option<&Path>) -> Re
     }
 }
 
+/// The top-level keys of a `vw2 train all` file.
+const STAGE_SECTIONS: [&str; 3] = ["ldm", "ar", "head"];
+
+/// Reads one stage's config from `path` when given (else the defaults): a file
+/// of that stage's keys, or a `vw2 train all` file, whose `section` is used
+/// (so one file can drive every stage).
+pub fn load_stage<T: DeserializeOwned + Default>(path: Option<&Path>, section: &str) -> Result<T> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read config", path.display()))?;
+    if text.trim().is_empty() {
+        return Ok(T::default());
+    }
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let all_stages = value.as_mapping().is_some_and(|m| {
+        !m.is_empty()
+            && m.keys()
+                .all(|k| k.as_str().is_some_and(|k| STAGE_SECTIONS.contains(&k)))
+    });
+    let value = if all_stages {
+        match value.get(section) {
+            Some(v) if !v.is_null() => v.clone(),
+            _ => return Ok(T::default()),
+        }
+    } else {
+        value
+    };
+    serde_yaml::from_value(value).map_err(|e| {
+        if all_stages {
+            anyhow!("{}: section '{section}': {e}", path.display())
+        } else {
+            anyhow!("{}: {e}", path.display())
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,5 +487,34 @@ mod tests {
         assert_eq!(parsed, AllStagesConfig::default());
         assert!(serde_yaml::from_str::<AllStagesConfig>("ldm: {bogus: 1}").is_err());
         assert!(serde_yaml::from_str::<TrainConfig>("optim: {lr: 1, bogus: 2}").is_err());
+    }
+
+    #[test]
+    fn a_stage_reads_its_own_file_or_its_section_of_an_all_stages_file() {
+        let dir = std::env::temp_dir().join(format!("vw2_stage_cfg_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let own = dir.join("head.yaml");
+        std::fs::write(&own, "val_fraction: 0.3\n").unwrap();
+        let h: HeadStageConfig = load_stage(Some(&own), "head").unwrap();
+        assert_eq!(h.val_fraction, 0.3);
+        let all = dir.join("all.yaml");
+        std::fs::write(&all, "ldm: {clip_stride: 7}\nhead: {val_fraction: 0.4}\n").unwrap();
+        let h: HeadStageConfig = load_stage(Some(&all), "head").unwrap();
+        assert_eq!(h.val_fraction, 0.4);
+        let l: LdmStageConfig = load_stage(Some(&all), "ldm").unwrap();
+        assert_eq!(l.clip_stride, 7);
+        let a: ArStageConfig = load_stage(Some(&all), "ar").unwrap();
+        assert_eq!(a, ArStageConfig::default());
+        std::fs::write(&all, "head: {val_fraction: 0.4, bogus: 1}\n").unwrap();
+        let e = load_stage::<HeadStageConfig>(Some(&all), "head")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("section 'head'") && e.contains("bogus"), "{e}");
+        std::fs::write(&own, "bogus: 1\n").unwrap();
+        let e = load_stage::<HeadStageConfig>(Some(&own), "head")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("head.yaml") && e.contains("bogus"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
