@@ -247,8 +247,8 @@ pub fn run(cli: Cli) -> Result<()> {
                     );
                 }
                 println!(
-                    "monitor jitter ratio (p99 with / without): {:.3}",
-                    b.monitor_jitter_ratio
+                    "monitor jitter p99 with / without: {:.3} (difference {:+.4} ms)",
+                    b.monitor_jitter_ratio, b.monitor_jitter_delta_ms
                 );
             }
             Ok(())

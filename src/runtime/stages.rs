@@ -184,6 +184,10 @@ pub struct RuntimeConfig {
     /// safety layer's per-tick limits stay conservative) until ticks land this
     /// long after plans become ready (s). `None`: a free-running clock.
     pub phase_lead_s: Option<f64>,
+    /// Real time: run the actuate loop under SCHED_FIFO at this priority
+    /// (1–99) while the run lasts, when the process may (CAP_SYS_NICE or root;
+    /// otherwise it logs and keeps the normal priority). `None`: never.
+    pub actuate_rt_priority: Option<i32>,
 }
 
 impl RuntimeConfig {
@@ -196,7 +200,8 @@ impl RuntimeConfig {
             monitor_queue: 4,
             keep_imagined: 16,
             frame_timeout_s: 30.0,
-            phase_lead_s: Some(0.0005),
+            phase_lead_s: Some(0.001),
+            actuate_rt_priority: Some(80),
         }
     }
 }
@@ -542,11 +547,21 @@ pub fn run(
     })
 }
 
-/// Gives the calling thread the lowest CPU priority (nice 19), so rendering
-/// imagined futures yields to ingest, plan and actuate on a busy machine.
+/// Gives the calling thread the lowest CPU priority, so rendering imagined
+/// futures yields to ingest, plan and actuate on a busy machine: Linux's
+/// SCHED_IDLE (any runnable normal thread preempts it at once; no privilege
+/// needed), else nice 19.
 fn lower_thread_priority() {
     #[cfg(target_os = "linux")]
     {
+        // SAFETY: pthread_self is the calling thread; SCHED_IDLE takes priority 0.
+        let idle = unsafe {
+            let p = libc::sched_param { sched_priority: 0 };
+            libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_IDLE, &p)
+        };
+        if idle == 0 {
+            return;
+        }
         // SAFETY: gettid has no preconditions; setpriority on our own thread id
         // only changes this thread's nice value.
         let rc = unsafe {
@@ -555,6 +570,62 @@ fn lower_thread_priority() {
         };
         if rc != 0 {
             tracing::debug!("could not lower the monitor thread's priority");
+        }
+    }
+}
+
+/// The calling thread under SCHED_FIFO while this lives (Linux); the old
+/// policy comes back on drop. Without the privilege it logs and does nothing.
+struct RealtimePriority {
+    #[cfg(target_os = "linux")]
+    restore: Option<(libc::c_int, libc::sched_param)>,
+}
+
+impl RealtimePriority {
+    fn raise(priority: i32) -> Self {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: pthread_self is always valid for the calling thread; the
+            // get/set calls only read or change this thread's scheduling.
+            unsafe {
+                let me = libc::pthread_self();
+                let mut policy = 0;
+                let mut old: libc::sched_param = std::mem::zeroed();
+                if libc::pthread_getschedparam(me, &mut policy, &mut old) != 0 {
+                    return Self { restore: None };
+                }
+                let new = libc::sched_param {
+                    sched_priority: priority.clamp(1, 99),
+                };
+                let rc = libc::pthread_setschedparam(me, libc::SCHED_FIFO, &new);
+                if rc != 0 {
+                    tracing::info!(
+                        errno = rc,
+                        "actuate keeps the normal scheduler (SCHED_FIFO needs CAP_SYS_NICE)"
+                    );
+                    return Self { restore: None };
+                }
+                Self {
+                    restore: Some((policy, old)),
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = priority;
+            Self {}
+        }
+    }
+}
+
+impl Drop for RealtimePriority {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Some((policy, old)) = self.restore.take() {
+            // SAFETY: as in `raise`, on the same (calling) thread.
+            unsafe {
+                libc::pthread_setschedparam(libc::pthread_self(), policy, &old);
+            }
         }
     }
 }
@@ -578,14 +649,16 @@ impl PhaseAligner {
         Self {
             period,
             lead,
-            tolerance: lead.unwrap_or(0.0) + 0.002_f64.min(0.1 * period),
+            tolerance: lead.unwrap_or(0.0) + 0.001_f64.min(0.1 * period),
             slew: 0.1 * period,
         }
     }
 
     /// The delay (s, ≥ 0) to add to the clock after the tick with deadline
-    /// `tick` found a plan that became ready at `ready` (both on the runtime clock).
-    pub fn delay(&self, tick: f64, ready: f64) -> f64 {
+    /// `tick` found a plan that became ready at `ready` (both on the runtime
+    /// clock). `first`: no plan was playing yet (the arm holds), so the whole
+    /// correction is made at once instead of at most `slew`.
+    pub fn delay(&self, tick: f64, ready: f64, first: bool) -> f64 {
         let Some(lead) = self.lead else {
             return 0.0;
         };
@@ -594,7 +667,12 @@ impl PhaseAligner {
             return 0.0;
         }
         // Delaying by `period − late` puts the previous tick `lead` after the plan.
-        (self.period - late).min(self.slew)
+        let needed = self.period - late;
+        if first {
+            needed
+        } else {
+            needed.min(self.slew)
+        }
     }
 }
 
@@ -689,6 +767,7 @@ impl Actuate<'_> {
         last_frame_t: &AtomicU64,
     ) -> Result<String> {
         let period = 1.0 / self.rate;
+        let _rt = cfg.actuate_rt_priority.map(RealtimePriority::raise);
         let phase = PhaseAligner::new(period, cfg.phase_lead_s);
         let mut start = now_s();
         let mut k = 0u64;
@@ -709,7 +788,9 @@ impl Actuate<'_> {
                 match rx.try_recv() {
                     Ok(upd) => {
                         if upd.plan.is_some() {
-                            start += phase.delay(deadline, seconds_at(upd.ready));
+                            // Before the first plan the arm only holds: align at once.
+                            let first = self.plan.is_none();
+                            start += phase.delay(deadline, seconds_at(upd.ready), first);
                         }
                         self.absorb(upd)
                     }
@@ -761,7 +842,12 @@ mod tests {
     /// Simulates a 30 Hz clock and a 30 Hz camera whose plans (one per 4
     /// frames) are ready `latency` after capture; returns (late of each plan's
     /// first tick, tick times).
-    fn simulate(aligner: &PhaseAligner, camera_phase: f64, latency: f64) -> (Vec<f64>, Vec<f64>) {
+    fn simulate(
+        aligner: &PhaseAligner,
+        camera_phase: f64,
+        latency: f64,
+        first_at_once: bool,
+    ) -> (Vec<f64>, Vec<f64>) {
         let period = 1.0 / 30.0;
         let mut start = 0.0;
         let mut ticks = vec![];
@@ -774,7 +860,7 @@ mod tests {
             while ready(next_plan) <= deadline {
                 let r = ready(next_plan);
                 lates.push(deadline - r);
-                start += aligner.delay(deadline, r);
+                start += aligner.delay(deadline, r, next_plan == 0 && first_at_once);
                 next_plan += 1;
             }
         }
@@ -787,9 +873,17 @@ mod tests {
         let lead = 0.0005;
         let aligner = PhaseAligner::new(period, Some(lead));
         for phase in [0.001, 0.005, 0.0167, 0.03, 0.0333] {
-            let (lates, ticks) = simulate(&aligner, phase, 0.002);
+            let (lates, ticks) = simulate(&aligner, phase, 0.002, false);
             // Free-running, the command waits up to a period for the next tick.
-            let (free, _) = simulate(&PhaseAligner::new(period, None), phase, 0.002);
+            let (free, _) = simulate(&PhaseAligner::new(period, None), phase, 0.002, false);
+            // Aligning at once on the first plan: every later plan is on time.
+            let (at_once, _) = simulate(&aligner, phase, 0.002, true);
+            for &l in &at_once[1..] {
+                assert!(
+                    (-1e-9..=lead + 0.0021).contains(&l),
+                    "phase {phase}: late {l}"
+                );
+            }
             let tail = &lates[lates.len() - 50..];
             for &l in tail {
                 assert!(
@@ -811,13 +905,15 @@ mod tests {
     #[test]
     fn no_lead_means_a_free_running_clock() {
         let a = PhaseAligner::new(1.0 / 30.0, None);
-        assert_eq!(a.delay(1.0, 0.99), 0.0);
+        assert_eq!(a.delay(1.0, 0.99, true), 0.0);
         let a = PhaseAligner::new(1.0 / 30.0, Some(0.0005));
-        // Ready 10 ms before the tick: delay by the slew (3.3 ms), not more.
-        assert!((a.delay(1.0, 0.99) - 0.1 / 30.0).abs() < 1e-12);
+        // Ready 10 ms before the tick: delay by the slew (3.3 ms), not more…
+        assert!((a.delay(1.0, 0.99, false) - 0.1 / 30.0).abs() < 1e-12);
+        // …unless nothing is playing yet: then the whole 23.8 ms at once.
+        assert!((a.delay(1.0, 0.99, true) - (1.0 / 30.0 - 0.0095)).abs() < 1e-12);
         // Ready just before the tick (within the tolerance): no change.
-        assert_eq!(a.delay(1.0, 0.999), 0.0);
+        assert_eq!(a.delay(1.0, 0.999, false), 0.0);
         // Ready after the tick's deadline (the tick woke late): no change.
-        assert_eq!(a.delay(1.0, 1.001), 0.0);
+        assert_eq!(a.delay(1.0, 1.001, false), 0.0);
     }
 }
