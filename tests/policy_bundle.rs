@@ -402,3 +402,48 @@ fn pytorch_checkpoint_with_official_keys_matches_safetensors() {
         "{e}"
     );
 }
+
+#[test]
+fn the_bundled_default_policy_loads_runs_and_fits_the_size_budget() {
+    use vw2_policy::policy::{Policy, PolicyOptions};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/playtable-small");
+    let bundle = LoadedPolicy::load(&dir, &Device::Cpu).unwrap();
+    assert_eq!(bundle.spec.name, "playtable-small");
+    let c = &bundle.spec.components;
+    let weights: u64 = [&c.dldm.weights, &c.ar.weights, &c.head.weights]
+        .iter()
+        .map(|w| std::fs::metadata(dir.join(&w.weights)).unwrap().len())
+        .sum();
+    assert!(weights <= 20 * 1024 * 1024, "{weights} bytes of weights");
+    // It was trained: the head's validation metrics and the recipe that made it ship with it.
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["label_fraction"], 0.1);
+    assert!(m["val_loss"].as_f64().unwrap() < m["initial_train_loss"].as_f64().unwrap());
+    let recipe = std::fs::read_to_string(dir.join("recipe.sh")).unwrap();
+    assert!(recipe.contains("--config policies/playtable-small/train.yaml"));
+    assert!(recipe.contains("--label-fraction 0.1"));
+    // Closed loop on CALVIN-sized frames: a plan every 4 steps, finite actions in range.
+    let mut p = Policy::new(bundle, PolicyOptions::default(), Device::Cpu).unwrap();
+    p.reset("open the drawer").unwrap();
+    let mut plans = 0;
+    for i in 0..9usize {
+        let data = (0..200 * 200 * 3)
+            .map(|k| ((k * 7 + i * 13) % 256) as u8)
+            .collect();
+        let img = vw2_policy::io::RgbImage {
+            height: 200,
+            width: 200,
+            data,
+        };
+        if let Some(plan) = p.observe(&img, &[0.0; 15], i as f64 / 30.0).unwrap() {
+            plans += 1;
+            assert_eq!(plan.actions.len(), 4);
+            assert!(plan
+                .actions
+                .iter()
+                .all(|a| a[..6].iter().all(|v| (-1.0..=1.0).contains(v))));
+        }
+    }
+    assert_eq!(plans, 3);
+}

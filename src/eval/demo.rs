@@ -24,7 +24,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// CALVIN evaluation chains to run (the first N of the official 1000).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 4)]
     pub chains: usize,
     /// Simulator backend.
     #[arg(long, default_value = "playtable")]

@@ -120,6 +120,9 @@ pub struct FinetuneHeadArgs {
     /// Output bundle folder.
     #[arg(long)]
     pub out: PathBuf,
+    /// Name of the output bundle (default: the input's name with `-head`).
+    #[arg(long)]
+    pub name: Option<String>,
     /// Validate on this split instead of held-out episodes of --dataset.
     #[arg(long)]
     pub val_dataset: Option<PathBuf>,
@@ -146,6 +149,9 @@ pub struct AllArgs {
     /// Label fraction of the head stage.
     #[arg(long, default_value_t = 1.0)]
     pub label_fraction: f64,
+    /// Name of the output bundle (default: `vw2-trained-head`).
+    #[arg(long)]
+    pub name: Option<String>,
     /// Validation split for the head stage.
     #[arg(long)]
     pub val_dataset: Option<PathBuf>,
@@ -217,6 +223,7 @@ pub fn run_finetune_head(a: FinetuneHeadArgs) -> Result<()> {
         label_fraction: a.label_fraction,
         seed: a.run.seed,
         out: a.out,
+        name: a.name,
         config,
         run: a.run.run_options(),
     })?;
@@ -270,6 +277,7 @@ pub fn train_all(a: &AllArgs) -> Result<AllResult> {
         label_fraction: a.label_fraction,
         seed: a.run.seed,
         out: a.out.clone(),
+        name: a.name.clone(),
         config: cfg.head,
         run,
     })?;

@@ -312,6 +312,8 @@ pub struct HeadTrainOptions {
     pub seed: u64,
     /// Output bundle folder (the run's state goes to `OUT/train/head`).
     pub out: PathBuf,
+    /// Name of the output bundle (default: the input's, `-no-head` replaced by `-head`).
+    pub name: Option<String>,
     /// Stage config.
     pub config: HeadStageConfig,
     /// Loop behaviour.
@@ -548,7 +550,10 @@ pub fn finetune_head(opts: &HeadTrainOptions) -> Result<HeadTrainResult> {
     let bundle = assemble_bundle(
         &opts.out,
         &BundleParts {
-            name: format!("{}-head", spec.name),
+            name: opts
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}-head", spec.name.trim_end_matches("-no-head"))),
             description: format!(
                 "{}; action head fine-tuned on {:.0}% of the training episodes of {} (seed {})",
                 spec.name,
