@@ -891,3 +891,27 @@ fn demo_prints_each_subtask_and_writes_real_vs_imagined_strips() {
     }
     assert!(!stale.exists(), "the previous demo's strips are replaced");
 }
+
+#[test]
+fn demo_defaults_to_the_bundled_policy_on_playtable() {
+    // The README's main job, shortened: default policy and backend, one chain.
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("demo");
+    let o = vw2()
+        .current_dir(d.path())
+        .args(["demo", "--no-progress", "--chains", "1", "--ep-len", "12"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("policies/playtable-small"), "{stdout}");
+    assert!(stdout.contains("on playtable"), "{stdout}");
+    let strips: Vec<_> = std::fs::read_dir(out.join("strips")).unwrap().collect();
+    assert_eq!(strips.len(), lines(&out)[0].subtasks.len());
+}
