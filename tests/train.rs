@@ -162,6 +162,37 @@ fn assert_all_gradients(varmap: &candle_nn::VarMap, loss: &Tensor, stage: &str) 
 }
 
 // ---------------------------------------------------------------------------------------
+/// Every variable the optimizer updates must be one the forward reads *now*:
+/// a copy taken at construction (e.g. conv taps sliced once) would get
+/// gradients, be updated, and never change the output. Perturbs each variable
+/// in turn and checks that the loss moves.
+fn assert_forward_reads_every_variable(
+    varmap: &candle_nn::VarMap,
+    loss: impl Fn() -> f32,
+    stage: &str,
+) {
+    let base = loss();
+    let mut frozen = vec![];
+    for (name, var) in named_vars(varmap) {
+        let old = var.as_tensor().copy().unwrap();
+        let bumped = ((&old * 1.5).unwrap() + 0.25).unwrap();
+        var.set(&bumped).unwrap();
+        if loss() == base {
+            frozen.push(name);
+        }
+        var.set(&old).unwrap();
+    }
+    assert!(
+        frozen.is_empty(),
+        "{stage}: the forward ignores updates of {frozen:?}"
+    );
+    assert_eq!(
+        loss(),
+        base,
+        "{stage}: restoring the variables restores the loss"
+    );
+}
+
 // Tests
 // ---------------------------------------------------------------------------------------
 
@@ -180,6 +211,30 @@ fn every_parameter_gets_a_gradient_in_every_stage() {
     );
     let loss = ldm.loss(&[0, 3]).unwrap();
     assert_all_gradients(ldm.varmap(), &loss, "ldm");
+    // Attention is invariant to some of the dLDM's variables (key biases, and
+    // queries over a single key), so instead of perturbing one variable at a
+    // time: after an update of every variable, the training model must compute
+    // what a model built afresh on the updated variables computes.
+    for (_, var) in named_vars(ldm.varmap()) {
+        let bumped = ((var.as_tensor() * 1.1).unwrap() + 0.01).unwrap();
+        var.set(&bumped).unwrap();
+    }
+    let fresh = vw2_policy::model::dldm::Dldm::new(
+        &ldm.config().model,
+        candle_nn::VarBuilder::from_varmap(ldm.varmap(), candle_core::DType::F32, &dev),
+    )
+    .unwrap();
+    let x = ldm.batch(&[0, 3]).unwrap();
+    let trained = ldm.loss(&[0, 3]).unwrap().to_scalar::<f32>().unwrap();
+    let rebuilt = vw2_policy::train::ldm::reconstruction_loss(&fresh, &x)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(
+        trained, rebuilt,
+        "ldm: the training model ignores variable updates"
+    );
+    assert_ne!(trained, loss.to_scalar::<f32>().unwrap());
     let n_ldm = named_vars(ldm.varmap()).len();
     assert!(n_ldm > 100, "only {n_ldm} dLDM tensors");
 
@@ -208,6 +263,11 @@ fn every_parameter_gets_a_gradient_in_every_stage() {
     let ar = ArStage::from_encoded(&ar_cfg, &model_cfg, enc, 0, &dev).unwrap();
     let loss = ar.loss(&[0, 1, 2]).unwrap();
     assert_all_gradients(ar.varmap(), &loss, "ar");
+    assert_forward_reads_every_variable(
+        ar.varmap(),
+        || ar.loss(&[0, 1, 2]).unwrap().to_scalar::<f32>().unwrap(),
+        "ar",
+    );
 
     // head, with MSE and with BCE on the gripper.
     let bundle = LoadedPolicy::load(pol.path(), &dev).unwrap();
@@ -235,6 +295,16 @@ fn every_parameter_gets_a_gradient_in_every_stage() {
         .unwrap();
         let loss = head.loss(&[0, 1, 2, 3]).unwrap();
         assert_all_gradients(head.varmap(), &loss, &format!("head ({gripper_loss:?})"));
+        assert_forward_reads_every_variable(
+            head.varmap(),
+            || {
+                head.loss(&[0, 1, 2, 3])
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            },
+            "head",
+        );
     }
 }
 

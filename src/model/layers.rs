@@ -14,7 +14,9 @@ use super::nn::{attention, causal_mask, Linear};
 /// A causal 3-D convolution with kernel `(kt, kh, kw)` and spatial stride.
 #[derive(Debug, Clone)]
 pub struct CausalConv3d {
-    taps: Vec<Tensor>,
+    /// `[out, in, kt, kh, kw]`. Taps are sliced from it in every forward:
+    /// copies made once at construction would detach training updates.
+    weight: Tensor,
     bias: Tensor,
     out_channels: usize,
     stride: usize,
@@ -52,11 +54,8 @@ impl CausalConv3d {
                 up: bound,
             },
         )?;
-        let taps = (0..kt)
-            .map(|k| weight.narrow(2, k, 1)?.squeeze(2)?.contiguous())
-            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            taps,
+            weight,
             bias,
             out_channels,
             stride,
@@ -77,7 +76,7 @@ impl CausalConv3d {
     /// `[B, T, C, H, W]` → `[B, T, out, H', W']`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, c, h, w) = x.dims5()?;
-        let kt = self.taps.len();
+        let kt = self.weight.dim(2)?;
         let padded = if kt > 1 {
             let first = x.narrow(1, 0, 1)?;
             let pad = first.broadcast_as((b, kt - 1, c, h, w))?;
@@ -91,12 +90,13 @@ impl CausalConv3d {
             ..Default::default()
         };
         let mut acc: Option<Tensor> = None;
-        for (k, tap) in self.taps.iter().enumerate() {
+        for k in 0..kt {
+            let tap = self.weight.narrow(2, k, 1)?.squeeze(2)?.contiguous()?;
             let frames = padded
                 .narrow(1, k, t)?
                 .contiguous()?
                 .reshape((b * t, c, h, w))?;
-            let y = frames.conv2d(tap, cfg.padding, cfg.stride, 1, 1)?;
+            let y = frames.conv2d(&tap, cfg.padding, cfg.stride, 1, 1)?;
             acc = Some(match acc {
                 None => y,
                 Some(a) => (a + y)?,
