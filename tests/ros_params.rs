@@ -63,6 +63,14 @@ fn shipped_parameter_files_parse_and_validate() {
     assert_eq!(franka.joint_names.len(), 7);
     assert_eq!(franka.topics.twist_cmd, "/servo_node/delta_twist_cmds");
     assert_eq!(franka.gripper_mode, GripperMode::Float64);
+    assert_eq!((franka.replan_every, franka.ensemble_decay), (None, None));
+    // The commented re-planning lines, switched on.
+    let text = std::fs::read_to_string(repo("config/franka.yaml"))
+        .unwrap()
+        .replace("# replan_every", "replan_every")
+        .replace("# ensemble_decay", "ensemble_decay");
+    let p = NodeParams::from_yaml_str(&text).unwrap();
+    assert_eq!((p.replan_every, p.ensemble_decay), (Some(1), Some(0.1)));
 }
 
 #[test]
