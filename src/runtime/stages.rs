@@ -469,6 +469,7 @@ pub fn run(
                 .name("vw2-monitor".into())
                 .spawn_scoped(scope, move || {
                     lower_thread_priority();
+                    keep_off_actuate_cpu();
                     let mut render_time = Histogram::default();
                     let mut imagined: VecDeque<(usize, RgbImage)> = VecDeque::new();
                     let mut n = 0u64;
@@ -570,6 +571,77 @@ fn lower_thread_priority() {
         };
         if rc != 0 {
             tracing::debug!("could not lower the monitor thread's priority");
+        }
+    }
+}
+
+/// The CPU the real-time actuate loop runs on (the last one); the monitor
+/// stays off it. Only with two CPUs or more.
+fn actuate_cpu() -> Option<usize> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (n >= 2).then_some(n - 1)
+}
+
+/// Keeps the calling thread (the monitor) off the actuate CPU.
+fn keep_off_actuate_cpu() {
+    #[cfg(target_os = "linux")]
+    if let Some(cpu) = actuate_cpu() {
+        // SAFETY: the set is zeroed then filled with valid CPU indices; pid 0
+        // means the calling thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for c in 0..cpu {
+                libc::CPU_SET(c, &mut set);
+            }
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                tracing::debug!("could not keep the monitor off the actuate CPU");
+            }
+        }
+    }
+}
+
+/// The calling thread pinned to the actuate CPU while this lives; the old
+/// affinity comes back on drop.
+struct CpuPin {
+    #[cfg(target_os = "linux")]
+    restore: Option<libc::cpu_set_t>,
+}
+
+impl CpuPin {
+    fn actuate() -> Self {
+        #[cfg(target_os = "linux")]
+        {
+            let Some(cpu) = actuate_cpu() else {
+                return Self { restore: None };
+            };
+            // SAFETY: sets are zeroed before use; pid 0 is the calling thread.
+            unsafe {
+                let size = std::mem::size_of::<libc::cpu_set_t>();
+                let mut old: libc::cpu_set_t = std::mem::zeroed();
+                if libc::sched_getaffinity(0, size, &mut old) != 0 {
+                    return Self { restore: None };
+                }
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                if libc::sched_setaffinity(0, size, &set) != 0 {
+                    return Self { restore: None };
+                }
+                Self { restore: Some(old) }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        Self {}
+    }
+}
+
+impl Drop for CpuPin {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Some(old) = self.restore.take() {
+            // SAFETY: restores the set read in `actuate` on the same thread.
+            unsafe {
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &old);
+            }
         }
     }
 }
@@ -768,6 +840,7 @@ impl Actuate<'_> {
     ) -> Result<String> {
         let period = 1.0 / self.rate;
         let _rt = cfg.actuate_rt_priority.map(RealtimePriority::raise);
+        let _pin = CpuPin::actuate();
         let phase = PhaseAligner::new(period, cfg.phase_lead_s);
         let mut start = now_s();
         let mut k = 0u64;
