@@ -827,6 +827,25 @@ fn chunks_play_in_order_switch_to_newer_plans_and_then_hold() {
     assert_eq!(&h[..6], &pose);
 }
 
+/// Runs `vw2 demo ARGS… --out OUT` in `cwd`; asserts success, returns stdout.
+fn demo(cwd: &Path, args: &[&str], out: &Path) -> String {
+    let o = vw2()
+        .current_dir(cwd)
+        .args(["demo", "--no-progress"])
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn demo_prints_each_subtask_and_writes_real_vs_imagined_strips() {
     let d = tempfile::tempdir().unwrap();
@@ -835,32 +854,21 @@ fn demo_prints_each_subtask_and_writes_real_vs_imagined_strips() {
     std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
     std::fs::write(&stale, b"old").unwrap();
     let bundle = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-policy");
-    let o = vw2()
-        .args([
-            "demo",
-            "--no-progress",
+    let stdout = demo(
+        d.path(),
+        &[
             "--backend",
             "fake",
             "--chains",
             "2",
-        ])
-        .args([
             "--ep-len",
             "9",
             "--workers",
             "1",
             "--policy",
             bundle,
-            "--out",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
+        ],
+        &out,
     );
     assert!(stdout.contains("Avg. Len."), "{stdout}");
     let recs = lines(&out);
@@ -897,19 +905,7 @@ fn demo_defaults_to_the_bundled_policy_on_playtable() {
     // The README's main job, shortened: default policy and backend, one chain.
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("demo");
-    let o = vw2()
-        .current_dir(d.path())
-        .args(["demo", "--no-progress", "--chains", "1", "--ep-len", "12"])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = demo(d.path(), &["--chains", "1", "--ep-len", "12"], &out);
     assert!(stdout.contains("policies/playtable-small"), "{stdout}");
     assert!(stdout.contains("on playtable"), "{stdout}");
     let strips: Vec<_> = std::fs::read_dir(out.join("strips")).unwrap().collect();

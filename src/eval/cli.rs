@@ -143,6 +143,32 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
 }
 
 fn calvin(a: CalvinArgs) -> Result<()> {
+    let out = a.out.clone();
+    let report = run_calvin(a)?;
+    print_results(&out);
+    println!(
+        "selected {} chains: {} already recorded, {} run now in {:.1} s ({} env steps, {:.1} steps/s); results in {}",
+        report.resumed + report.ran,
+        report.resumed,
+        report.ran,
+        report.wall_s,
+        report.steps,
+        report.steps as f64 / report.wall_s.max(1e-9),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Prints the run folder's `results.txt` (SR(1..5), Avg. Len., per-task rates).
+pub fn print_results(out: &std::path::Path) {
+    print!(
+        "{}",
+        std::fs::read_to_string(out.join(super::store::RESULTS_TXT)).unwrap_or_default()
+    );
+}
+
+/// Runs `vw2 eval calvin` (also the core of `vw2 demo`) and returns its report.
+pub fn run_calvin(a: CalvinArgs) -> Result<super::runner::EvalReport> {
     if a.workers == 0 {
         bail!("--workers: expected at least 1");
     }
@@ -181,20 +207,5 @@ fn calvin(a: CalvinArgs) -> Result<()> {
         retry_env_errors: a.retry_env_errors,
         epoch: a.epoch,
     };
-    let selected = jobs.len();
-    let report = evaluate(&env, &policy, jobs, &a.out, &run, &opts)?;
-    print!(
-        "{}",
-        std::fs::read_to_string(a.out.join(super::store::RESULTS_TXT)).unwrap_or_default()
-    );
-    println!(
-        "selected {selected} chains: {} already recorded, {} run now in {:.1} s ({} env steps, {:.1} steps/s); results in {}",
-        report.resumed,
-        report.ran,
-        report.wall_s,
-        report.steps,
-        report.steps as f64 / report.wall_s.max(1e-9),
-        a.out.display()
-    );
-    Ok(())
+    evaluate(&env, &policy, jobs, &a.out, &run, &opts)
 }

@@ -8,10 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::chains::official_chains;
-use super::policy::PolicySpec;
-use super::runner::{evaluate, select_jobs, EvalOptions, EP_LEN};
-use super::store::{RunInfo, CHAINS_FILE, RESULTS_JSON, RESULTS_TXT, RUN_FILE, SUMMARY_JSON};
+use super::cli::{print_results, run_calvin, CalvinArgs};
+use super::runner::EP_LEN;
+use super::store::{CHAINS_FILE, RESULTS_JSON, RESULTS_TXT, RUN_FILE, SUMMARY_JSON};
 use crate::io::env_adapter::EnvConfig;
 
 /// The bundled policy, relative to the repository root.
@@ -105,32 +104,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
     if a.chains == 0 {
         bail!("--chains: expected at least 1");
     }
-    if a.workers == 0 {
-        bail!("--workers: expected at least 1");
-    }
     let policy_path = resolve_policy(a.policy.as_deref())?;
-    let mut policy = PolicySpec::parse(&policy_path.to_string_lossy(), a.seed)?;
-    if let PolicySpec::Bundle { options, .. } = &mut policy {
-        *options = a.replan.apply(options.clone());
-    }
     clear_previous(&a.out)?;
-    let jobs = select_jobs(official_chains(), 0, a.chains, None)?;
-    let env = EnvConfig::new(&a.backend);
-    let run = RunInfo {
-        policy: policy.describe(),
-        backend: a.backend.clone(),
-        ep_len: a.ep_len,
-        chains: "calvin".into(),
-    };
-    let opts = EvalOptions {
-        ep_len: a.ep_len,
-        workers: a.workers,
-        progress: !a.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        save_failures: false,
-        save_strips: true,
-        retry_env_errors: false,
-        epoch: None,
-    };
     println!(
         "vw2 demo: {} on {} ({} CALVIN chains, {} steps per subtask)",
         policy_path.display(),
@@ -138,7 +113,26 @@ pub fn run(a: DemoArgs) -> Result<()> {
         a.chains,
         a.ep_len
     );
-    let report = evaluate(&env, &policy, jobs, &a.out, &run, &opts)?;
+    let report = run_calvin(CalvinArgs {
+        policy: policy_path.to_string_lossy().into_owned(),
+        backend: a.backend,
+        chains: a.chains,
+        start: 0,
+        shard: None,
+        workers: a.workers,
+        out: a.out.clone(),
+        sim_args: vec![],
+        save_failures: false,
+        save_strips: true,
+        ep_len: a.ep_len,
+        seed: a.seed,
+        replan: a.replan,
+        chains_file: None,
+        retry_env_errors: false,
+        env_timeout: EnvConfig::new("").timeout_s,
+        epoch: None,
+        no_progress: a.no_progress,
+    })?;
     for rec in report.records.values() {
         let mut line = format!("chain {:>3}:", rec.index);
         if rec.env_error {
@@ -154,10 +148,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         println!("{}", line.trim_end_matches(';'));
     }
     println!();
-    print!(
-        "{}",
-        std::fs::read_to_string(a.out.join(RESULTS_TXT)).unwrap_or_default()
-    );
+    print_results(&a.out);
     println!(
         "{} env steps in {:.1} s; real (top) vs imagined (bottom) strips in {}",
         report.steps,
