@@ -440,13 +440,10 @@ pub fn load_stage<T: DeserializeOwned + Default>(path: Option<&Path>, section: &
     let Some(path) = path else {
         return Ok(T::default());
     };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{}: cannot read config", path.display()))?;
-    if text.trim().is_empty() {
+    let value: serde_yaml::Value = load_yaml(path)?;
+    if value.is_null() {
         return Ok(T::default());
     }
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let all_stages = value.as_mapping().is_some_and(|m| {
         !m.is_empty()
             && m.keys()
