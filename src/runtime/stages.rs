@@ -582,121 +582,101 @@ fn actuate_cpu() -> Option<usize> {
     (n >= 2).then_some(n - 1)
 }
 
+/// Sets the calling thread's CPU affinity to `cpus`; returns the old set, or
+/// `None` when it could not be read or changed.
+#[cfg(target_os = "linux")]
+fn set_affinity(cpus: impl IntoIterator<Item = usize>) -> Option<libc::cpu_set_t> {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: the sets are zeroed before use and filled with valid CPU
+    // indices; pid 0 is the calling thread.
+    unsafe {
+        let mut old: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size, &mut old) != 0 {
+            return None;
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        (libc::sched_setaffinity(0, size, &set) == 0).then_some(old)
+    }
+}
+
 /// Keeps the calling thread (the monitor) off the actuate CPU.
 fn keep_off_actuate_cpu() {
     #[cfg(target_os = "linux")]
     if let Some(cpu) = actuate_cpu() {
-        // SAFETY: the set is zeroed then filled with valid CPU indices; pid 0
-        // means the calling thread.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            for c in 0..cpu {
-                libc::CPU_SET(c, &mut set);
-            }
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                tracing::debug!("could not keep the monitor off the actuate CPU");
-            }
+        if set_affinity(0..cpu).is_none() {
+            tracing::debug!("could not keep the monitor off the actuate CPU");
         }
     }
 }
 
-/// The calling thread pinned to the actuate CPU while this lives; the old
-/// affinity comes back on drop.
-struct CpuPin {
+/// The calling thread set up for the real-time actuate loop while this lives
+/// (Linux): pinned to [`actuate_cpu`] and, with a priority, under SCHED_FIFO
+/// (without the privilege it logs and keeps the normal scheduler). The old
+/// affinity and policy come back on drop.
+struct ActuateThread {
     #[cfg(target_os = "linux")]
-    restore: Option<libc::cpu_set_t>,
+    affinity: Option<libc::cpu_set_t>,
+    #[cfg(target_os = "linux")]
+    sched: Option<(libc::c_int, libc::sched_param)>,
 }
 
-impl CpuPin {
-    fn actuate() -> Self {
+impl ActuateThread {
+    fn enter(rt_priority: Option<i32>) -> Self {
         #[cfg(target_os = "linux")]
         {
-            let Some(cpu) = actuate_cpu() else {
-                return Self { restore: None };
-            };
-            // SAFETY: sets are zeroed before use; pid 0 is the calling thread.
-            unsafe {
-                let size = std::mem::size_of::<libc::cpu_set_t>();
-                let mut old: libc::cpu_set_t = std::mem::zeroed();
-                if libc::sched_getaffinity(0, size, &mut old) != 0 {
-                    return Self { restore: None };
+            let affinity = actuate_cpu().and_then(|c| set_affinity([c]));
+            let sched = rt_priority.and_then(|priority| {
+                // SAFETY: pthread_self is always valid for the calling thread; the
+                // get/set calls only read or change this thread's scheduling.
+                unsafe {
+                    let me = libc::pthread_self();
+                    let mut policy = 0;
+                    let mut old: libc::sched_param = std::mem::zeroed();
+                    if libc::pthread_getschedparam(me, &mut policy, &mut old) != 0 {
+                        return None;
+                    }
+                    let new = libc::sched_param {
+                        sched_priority: priority.clamp(1, 99),
+                    };
+                    let rc = libc::pthread_setschedparam(me, libc::SCHED_FIFO, &new);
+                    if rc != 0 {
+                        tracing::info!(
+                            errno = rc,
+                            "actuate keeps the normal scheduler (SCHED_FIFO needs CAP_SYS_NICE)"
+                        );
+                        return None;
+                    }
+                    Some((policy, old))
                 }
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(cpu, &mut set);
-                if libc::sched_setaffinity(0, size, &set) != 0 {
-                    return Self { restore: None };
-                }
-                Self { restore: Some(old) }
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
-        Self {}
-    }
-}
-
-impl Drop for CpuPin {
-    fn drop(&mut self) {
-        #[cfg(target_os = "linux")]
-        if let Some(old) = self.restore.take() {
-            // SAFETY: restores the set read in `actuate` on the same thread.
-            unsafe {
-                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &old);
-            }
-        }
-    }
-}
-
-/// The calling thread under SCHED_FIFO while this lives (Linux); the old
-/// policy comes back on drop. Without the privilege it logs and does nothing.
-struct RealtimePriority {
-    #[cfg(target_os = "linux")]
-    restore: Option<(libc::c_int, libc::sched_param)>,
-}
-
-impl RealtimePriority {
-    fn raise(priority: i32) -> Self {
-        #[cfg(target_os = "linux")]
-        {
-            // SAFETY: pthread_self is always valid for the calling thread; the
-            // get/set calls only read or change this thread's scheduling.
-            unsafe {
-                let me = libc::pthread_self();
-                let mut policy = 0;
-                let mut old: libc::sched_param = std::mem::zeroed();
-                if libc::pthread_getschedparam(me, &mut policy, &mut old) != 0 {
-                    return Self { restore: None };
-                }
-                let new = libc::sched_param {
-                    sched_priority: priority.clamp(1, 99),
-                };
-                let rc = libc::pthread_setschedparam(me, libc::SCHED_FIFO, &new);
-                if rc != 0 {
-                    tracing::info!(
-                        errno = rc,
-                        "actuate keeps the normal scheduler (SCHED_FIFO needs CAP_SYS_NICE)"
-                    );
-                    return Self { restore: None };
-                }
-                Self {
-                    restore: Some((policy, old)),
-                }
-            }
+            });
+            Self { affinity, sched }
         }
         #[cfg(not(target_os = "linux"))]
         {
-            let _ = priority;
+            let _ = rt_priority;
             Self {}
         }
     }
 }
 
-impl Drop for RealtimePriority {
+impl Drop for ActuateThread {
     fn drop(&mut self) {
         #[cfg(target_os = "linux")]
-        if let Some((policy, old)) = self.restore.take() {
-            // SAFETY: as in `raise`, on the same (calling) thread.
-            unsafe {
-                libc::pthread_setschedparam(libc::pthread_self(), policy, &old);
+        {
+            if let Some((policy, old)) = self.sched.take() {
+                // SAFETY: as in `enter`, on the same (calling) thread.
+                unsafe {
+                    libc::pthread_setschedparam(libc::pthread_self(), policy, &old);
+                }
+            }
+            if let Some(old) = self.affinity.take() {
+                // SAFETY: restores the set read in `enter` on the same thread.
+                unsafe {
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &old);
+                }
             }
         }
     }
@@ -839,8 +819,7 @@ impl Actuate<'_> {
         last_frame_t: &AtomicU64,
     ) -> Result<String> {
         let period = 1.0 / self.rate;
-        let _rt = cfg.actuate_rt_priority.map(RealtimePriority::raise);
-        let _pin = CpuPin::actuate();
+        let _thread = ActuateThread::enter(cfg.actuate_rt_priority);
         let phase = PhaseAligner::new(period, cfg.phase_lead_s);
         let mut start = now_s();
         let mut k = 0u64;
