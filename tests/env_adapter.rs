@@ -19,6 +19,11 @@ fn round_trip_with_the_fake_backend() {
     assert_eq!(env.hello().backend, "fake");
     assert!(env.hello().tasks.contains(&"open_drawer".to_string()));
     assert!(env.hello().pid > 0);
+    // Start-up choices (the calvin backend's renderer) come with `hello`.
+    assert_eq!(
+        env.hello().notes,
+        vec!["fake backend: synthetic frames, no renderer".to_string()]
+    );
     let obs = env.reset(None, None).unwrap();
     assert_eq!(obs.rgb_static.data.len(), 200 * 200 * 3);
     assert_eq!(obs.rgb_gripper.data.len(), 84 * 84 * 3);

@@ -1,7 +1,8 @@
 //! `vw2 eval calvin`: CALVIN's chains (against the official generator's output
 //! in `../shared`), its metrics, and the harness end to end on the fake
 //! backend (resume after a kill, env crashes retried then recorded apart,
-//! shards merged), plus one short run on the real `playtable` backend.
+//! set-up errors stopping the run, shards merged), plus one short run on the
+//! real `playtable` backend.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -597,6 +598,47 @@ fn a_crashing_env_is_retried_once_then_recorded_as_an_env_error() {
     let summary = read_json(&out.join("summary.json"));
     assert_eq!(summary["env_errors"], 0);
     assert_eq!(summary["chains"], 4);
+}
+
+#[test]
+fn a_setup_error_stops_the_run_with_the_simulators_message() {
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("chains.json");
+    write_chains(&file, &[fake_chain(), fake_chain(), fake_chain()]);
+    let run = |out: &Path, refuse: &str, workers: &str| {
+        vw2()
+            .args(["eval", "calvin", "--no-progress", "--out"])
+            .arg(out)
+            .args(["--policy", "scripted", "--backend", "fake", "--chains-file"])
+            .arg(&file)
+            .args(["--workers", workers])
+            .arg(format!("--sim-arg=--refuse-reset-after={refuse}"))
+            .output()
+            .unwrap()
+    };
+    // Every reset refused (calvin_env without cameras): the run stops, non-zero,
+    // with the simulator's message, and records no chain.
+    let out = d.path().join("setup");
+    let o = run(&out, "0", "2");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("set-up error"), "{err}");
+    assert!(
+        err.contains("refused 'reset': KeyError: 'rgb_static'"),
+        "{err}"
+    );
+    let recorded = std::fs::read_to_string(out.join("chains.jsonl")).unwrap_or_default();
+    assert_eq!(recorded.lines().count(), 0, "{recorded}");
+    // Once a chain has stepped, a refused reset fails only its chain: here each
+    // env refuses its second reset, so chains 1 and 2 pass on a fresh env.
+    let out = d.path().join("later");
+    let o = run(&out, "1", "1");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recs: BTreeMap<usize, ChainRecord> =
+        lines(&out).into_iter().map(|r| (r.index, r)).collect();
+    let attempts: Vec<usize> = recs.values().map(|r| r.attempts).collect();
+    assert_eq!(attempts, vec![1, 2, 2]);
+    assert!(recs.values().all(|r| !r.env_error && r.completed == 5));
 }
 
 #[test]

@@ -2,7 +2,8 @@
 
 Its observations follow CALVIN's layout; images encode the step count so a test can
 check that frames arrive in order. Fault-injection flags make it crash, hang or
-write garbage after N steps, so the Rust side's error handling can be tested.
+write garbage after N steps, or refuse every reset after the first N of the process (as
+calvin_env without cameras does), so the Rust side's error handling can be tested.
 """
 
 import os
@@ -15,7 +16,12 @@ TASKS = ["open_drawer", "close_drawer", "turn_on_led", "turn_off_led"]
 
 
 class FakeEnv:
-    def __init__(self, crash_after=None, hang_after=None, garbage_after=None):
+    # What `hello` reports as the backend's start-up choices (a real backend names its renderer).
+    notes = ["fake backend: synthetic frames, no renderer"]
+
+    def __init__(self, crash_after=None, hang_after=None, garbage_after=None, refuse_reset_after=None):
+        self.refuse_reset_after = refuse_reset_after
+        self.resets = 0
         self.crash_after = crash_after
         self.hang_after = hang_after
         self.garbage_after = garbage_after
@@ -26,6 +32,9 @@ class FakeEnv:
         self.z0 = 0.0
 
     def reset(self, robot_obs=None, scene_obs=None):
+        self.resets += 1
+        if self.refuse_reset_after is not None and self.resets > self.refuse_reset_after:
+            raise KeyError("rgb_static")
         self.steps = 0
         self.robot_obs = np.zeros(15) if robot_obs is None else np.asarray(robot_obs, dtype=float)
         self.scene_obs = np.zeros(24) if scene_obs is None else np.asarray(scene_obs, dtype=float)
@@ -119,5 +128,5 @@ def make(args):
         return None if v is None else int(v)
 
     print("fake env ready", file=sys.stderr)
-    return FakeEnv(opt("crash_after"), opt("hang_after"), opt("garbage_after"))
+    return FakeEnv(opt("crash_after"), opt("hang_after"), opt("garbage_after"), opt("refuse_reset_after"))
 

@@ -57,7 +57,8 @@ def serve(env, tasks, backend, inp, out):
         try:
             if op == "hello":
                 rep = {"protocol": PROTOCOL_VERSION, "backend": backend, "tasks": list(tasks),
-                       "control_hz": 30.0, "pid": os.getpid()}
+                       "control_hz": 30.0, "pid": os.getpid(),
+                       "notes": [str(n) for n in getattr(env, "notes", [])]}
             elif op == "reset":
                 rep = {"obs": encode_obs(env.reset(req.get("robot_obs"), req.get("scene_obs")))}
             elif op == "step":
@@ -110,10 +111,13 @@ def main(argv=None):
     p.add_argument("--backend", default="playtable")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calvin-env", default=None, help="path of a calvin_env checkout")
-    p.add_argument("--no-egl", action="store_true")
+    p.add_argument("--no-egl", action="store_true", help="calvin: same as --renderer tiny")
+    p.add_argument("--renderer", default="auto", choices=["auto", "egl", "tiny"],
+                   help="calvin: pybullet's EGL plugin or TinyRenderer (auto: EGL only on a GPU)")
     p.add_argument("--crash-after", dest="crash_after", default=None)
     p.add_argument("--hang-after", dest="hang_after", default=None)
     p.add_argument("--garbage-after", dest="garbage_after", default=None)
+    p.add_argument("--refuse-reset-after", dest="refuse_reset_after", default=None)
     args = p.parse_args(argv)
     env, tasks = make_backend(args)
     serve(env, tasks, args.backend, sys.stdin.buffer, out)

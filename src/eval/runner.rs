@@ -13,6 +13,13 @@
 //! simulator failure (crash, hang, garbage) fails only its chain: the env is
 //! restarted and the chain retried once, then recorded as an env error, which
 //! is reported apart and never counted as a policy failure.
+//!
+//! A set-up error stops the run instead: until some chain of the run has taken
+//! one env step and asked the oracle, a chain whose retry on a fresh env fails
+//! in the same request the same way (a backend that cannot reset: a missing
+//! camera, an import error, a refused action) is not recorded, and the run
+//! ends with the simulator's message and a non-zero status rather than
+//! burning through every chain.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -170,6 +177,28 @@ pub fn rollout_chain(
     ep_len: usize,
     capture: Capture,
 ) -> Result<ChainOutcome, RolloutError> {
+    rollout(
+        env,
+        policy,
+        chain,
+        index,
+        ep_len,
+        capture,
+        &AtomicBool::new(false),
+    )
+}
+
+/// [`rollout_chain`], setting `stepped` once an env step and its oracle
+/// query have succeeded.
+fn rollout(
+    env: &mut EnvAdapter,
+    policy: &mut dyn EvalPolicy,
+    chain: &Chain,
+    index: usize,
+    ep_len: usize,
+    capture: Capture,
+    stepped: &AtomicBool,
+) -> Result<ChainOutcome, RolloutError> {
     let keep_frames = capture.failure_frames;
     let mut obs = env.reset(Some(&chain.robot_obs), Some(&chain.scene_obs))?;
     policy.begin_chain(index).map_err(classify)?;
@@ -203,11 +232,9 @@ pub fn rollout_chain(
             }
             obs = env.step(&action, policy.relative())?;
             steps += 1;
-            if env
-                .task_success(&start_info, &[task.as_str()])?
-                .iter()
-                .any(|t| t == task)
-            {
+            let completed = env.task_success(&start_info, &[task.as_str()])?;
+            stepped.store(true, Ordering::Relaxed);
+            if completed.iter().any(|t| t == task) {
                 success = true;
                 break;
             }
@@ -244,8 +271,32 @@ pub fn rollout_chain(
     Ok(out)
 }
 
+/// What identifies a simulator failure across attempts: the request, the
+/// kind of failure and, when the simulator answered, its message.
+fn failure_signature(e: &EnvError) -> (String, &'static str, String) {
+    match e {
+        EnvError::Spawn { .. } => (String::new(), "spawn", String::new()),
+        EnvError::Exited { op, .. } => (op.clone(), "exited", String::new()),
+        EnvError::Timeout { op, .. } => (op.clone(), "timeout", String::new()),
+        EnvError::Malformed { op, detail, .. } => (op.clone(), "malformed", detail.clone()),
+        EnvError::Remote { op, message, .. } => (op.clone(), "remote", message.clone()),
+        EnvError::Send { op, .. } => (op.clone(), "send", String::new()),
+    }
+}
+
+/// The error that stops a run on a set-up error.
+fn setup_error(index: usize, backend: &str, e: &EnvError) -> anyhow::Error {
+    anyhow!(
+        "set-up error: chain {index} failed the same way on a fresh env and no chain of this run \
+         has taken a step yet, so backend '{backend}' cannot run any chain as configured; \
+         stopping (the chain is not recorded). The simulator said: {e}"
+    )
+}
+
 /// Runs one chain with a retry on a fresh env after a simulator failure.
-/// `Err` only for policy/harness failures (which stop the run).
+/// `Err` for policy/harness failures and set-up errors (which stop the run):
+/// while `stepped` is false (no chain of the run has taken a step), a failure
+/// that repeats on the fresh env, or a fresh env that cannot start, is one.
 fn run_job(
     env: &mut Option<EnvAdapter>,
     cfg: &EnvConfig,
@@ -253,15 +304,24 @@ fn run_job(
     job: &EvalJob,
     opts: &EvalOptions,
     out_dir: &Path,
+    stepped: &AtomicBool,
 ) -> Result<ChainRecord> {
     const ATTEMPTS: usize = 2;
     let mut first_error: Option<String> = None;
+    let mut first_signature = None;
     let mut last_error = String::new();
     for attempt in 1..=ATTEMPTS {
         if env.is_none() {
             match EnvAdapter::spawn(cfg) {
                 Ok(e) => *env = Some(e),
                 Err(e) => {
+                    if !stepped.load(Ordering::Relaxed) {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "set-up error: backend '{}' failed chain {} and then could not \
+                             restart before any chain of this run had taken a step; stopping",
+                            cfg.backend, job.index
+                        )));
+                    }
                     last_error = format!("restarting the env: {e}");
                     tracing::warn!(chain = job.index, attempt, "{last_error}");
                     first_error.get_or_insert_with(|| last_error.clone());
@@ -271,7 +331,7 @@ fn run_job(
         }
         let t0 = Instant::now();
         let live = env.as_mut().expect("spawned above");
-        match rollout_chain(
+        match rollout(
             live,
             policy,
             &job.chain,
@@ -281,6 +341,7 @@ fn run_job(
                 failure_frames: opts.save_failures,
                 strips: opts.save_strips,
             },
+            stepped,
         ) {
             Ok(outcome) => {
                 for st in &outcome.strips {
@@ -310,6 +371,14 @@ fn run_job(
                 });
             }
             Err(RolloutError::Env(e)) => {
+                let signature = failure_signature(&e);
+                if attempt > 1
+                    && !stepped.load(Ordering::Relaxed)
+                    && first_signature.as_ref() == Some(&signature)
+                {
+                    return Err(setup_error(job.index, &cfg.backend, &e));
+                }
+                first_signature.get_or_insert(signature);
                 last_error = e.to_string();
                 tracing::warn!(
                     chain = job.index,
@@ -352,6 +421,15 @@ pub struct EvalReport {
     pub wall_s: f64,
     /// Env steps taken by this invocation.
     pub steps: usize,
+}
+
+/// Flags the workers share.
+#[derive(Default)]
+struct RunFlags {
+    /// Stop taking jobs (a fatal error).
+    stop: AtomicBool,
+    /// Some chain has taken an env step and asked the oracle (the backend works).
+    stepped: AtomicBool,
 }
 
 enum Msg {
@@ -404,18 +482,18 @@ pub fn evaluate(
         }
         drop(job_tx);
         let (tx, rx) = crossbeam_channel::unbounded::<Msg>();
-        let stop = AtomicBool::new(false);
+        let flags = RunFlags::default();
         let out_dir: PathBuf = out.to_path_buf();
         std::thread::scope(|s| -> Result<()> {
             for w in 0..workers {
                 let job_rx = job_rx.clone();
                 let tx = tx.clone();
-                let stop = &stop;
+                let flags = &flags;
                 let out_dir = &out_dir;
                 std::thread::Builder::new()
                     .name(format!("eval-worker-{w}"))
                     .spawn_scoped(s, move || {
-                        worker(env_cfg, policy, &job_rx, &tx, opts, out_dir, stop)
+                        worker(env_cfg, policy, &job_rx, &tx, opts, out_dir, flags)
                     })?;
             }
             drop(tx);
@@ -427,7 +505,7 @@ pub fn evaluate(
                             .append(&rec)
                             .and_then(|()| super::store::insert_record(&mut records, *rec))
                         {
-                            stop.store(true, Ordering::SeqCst);
+                            flags.stop.store(true, Ordering::SeqCst);
                             fatal.get_or_insert(e);
                             continue;
                         }
@@ -441,7 +519,7 @@ pub fn evaluate(
                         bar.inc(1);
                     }
                     Msg::Fatal(e) => {
-                        stop.store(true, Ordering::SeqCst);
+                        flags.stop.store(true, Ordering::SeqCst);
                         fatal.get_or_insert(e);
                     }
                 }
@@ -474,7 +552,7 @@ fn worker(
     tx: &crossbeam_channel::Sender<Msg>,
     opts: &EvalOptions,
     out_dir: &Path,
-    stop: &AtomicBool,
+    flags: &RunFlags,
 ) {
     let mut policy = match spec.instantiate() {
         Ok(p) => p,
@@ -494,9 +572,17 @@ fn worker(
             return;
         }
     };
-    while !stop.load(Ordering::SeqCst) {
+    while !flags.stop.load(Ordering::SeqCst) {
         let Ok(job) = jobs.recv() else { break };
-        match run_job(&mut env, cfg, policy.as_mut(), &job, opts, out_dir) {
+        match run_job(
+            &mut env,
+            cfg,
+            policy.as_mut(),
+            &job,
+            opts,
+            out_dir,
+            &flags.stepped,
+        ) {
             Ok(rec) => {
                 if tx.send(Msg::Done(Box::new(rec))).is_err() {
                     break;

@@ -175,6 +175,8 @@ pub struct EnvHello {
     pub control_hz: f64,
     /// Child pid.
     pub pid: u32,
+    /// What the backend chose at start that a user should see (e.g. the renderer).
+    pub notes: Vec<String>,
 }
 
 /// A simulator in a child process.
@@ -279,6 +281,7 @@ impl EnvAdapter {
                 tasks: vec![],
                 control_hz: 30.0,
                 pid: 0,
+                notes: vec![],
             },
             closed: false,
         };
@@ -292,19 +295,16 @@ impl EnvAdapter {
         }
         env.hello = EnvHello {
             backend: str_field(&rep, "backend").unwrap_or_default(),
-            tasks: field(&rep, "tasks")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            tasks: str_list(&rep, "tasks"),
             control_hz: field(&rep, "control_hz")
                 .and_then(Value::as_f64)
                 .unwrap_or(30.0),
             pid: field(&rep, "pid").and_then(Value::as_u64).unwrap_or(0) as u32,
+            notes: str_list(&rep, "notes"),
         };
+        for note in &env.hello.notes {
+            tracing::info!(backend = %env.hello.backend, "{note}");
+        }
         env.timeout = Duration::from_secs_f64(cfg.timeout_s);
         Ok(env)
     }
@@ -537,6 +537,18 @@ pub fn field<'a>(map: &'a [(Value, Value)], key: &str) -> Option<&'a Value> {
 
 fn str_field(map: &[(Value, Value)], key: &str) -> Option<String> {
     field(map, key).and_then(Value::as_str).map(String::from)
+}
+
+/// The strings of a list field (empty when absent).
+fn str_list(map: &[(Value, Value)], key: &str) -> Vec<String> {
+    field(map, key)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn decode_image(v: &Value, name: &str, h: usize, w: usize) -> Result<RgbImage, String> {

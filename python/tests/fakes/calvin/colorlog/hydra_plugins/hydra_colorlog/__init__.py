@@ -1,0 +1,1 @@
+"""Marker for the fake hydra: the hydra-colorlog plugin is installed."""
