@@ -151,7 +151,7 @@ fn bad_input_is_refused_clearly() {
         .observe(&frame(0), &[0.0; 14], 0.0)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("proprio: expected 15 values, found 14"), "{e}");
+    assert!(e.contains("robot_obs: expected 15 values, found 14"), "{e}");
     let mut bad = [0.0; 15];
     bad[7] = f64::NAN;
     let e = p.observe(&frame(0), &bad, 0.0).unwrap_err().to_string();

@@ -90,7 +90,7 @@ fn save_load_round_trip_gives_identical_outputs() {
 
     let idx = Tensor::new(&[[1u32, 2, 3, 4]], &dev).unwrap();
     let visual = Tensor::ones((1, 16), DType::F32, &dev).unwrap();
-    let proprio = Tensor::ones((1, 15), DType::F32, &dev).unwrap();
+    let proprio = Tensor::ones((1, 18), DType::F32, &dev).unwrap();
     let ha = head.forward(&idx, &visual, Some(&proprio)).unwrap();
     let hb = loaded.head_forward(&idx, &visual, Some(&proprio)).unwrap();
     assert_eq!(
@@ -134,10 +134,9 @@ fn missing_key_names_file_key_and_shape() {
     let e = load_err(&yaml);
     assert!(e.contains("dldm.safetensors"), "{e}");
     assert!(
-        e.contains("missing key 'encoder.conv_in.0.conv3d.weight'"),
+        e.contains("missing     encoder.conv_in.0.conv3d.weight (expected [8, 192, 1, 3, 3])"),
         "{e}"
     );
-    assert!(e.contains("[8, 192, 1, 3, 3]"), "{e}");
 }
 
 #[test]
@@ -152,9 +151,8 @@ fn shape_mismatch_names_expected_and_found() {
     });
     let e = load_err(&yaml);
     assert!(e.contains("ar.safetensors"), "{e}");
-    assert!(e.contains("'norm.weight'"), "{e}");
     assert!(
-        e.contains("expected shape [32]") && e.contains("found [31]"),
+        e.contains("mis-shaped  norm.weight: expected [32], found [31]"),
         "{e}"
     );
 }
@@ -241,7 +239,7 @@ fn inspect_cli_reports_and_fails_on_bad_weights() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("dldm") && stdout.contains("212164"),
+        stdout.contains("dldm") && stdout.contains("209060"),
         "{stdout}"
     );
     assert!(stdout.contains("forward ok"), "{stdout}");
@@ -256,7 +254,7 @@ fn inspect_cli_reports_and_fails_on_bad_weights() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("missing key 'quant_conv.conv3d.bias'"),
+        stderr.contains("missing     quant_conv.conv3d.bias (expected [4])"),
         "{stderr}"
     );
 }
@@ -371,6 +369,8 @@ fn pytorch_checkpoint_with_official_keys_matches_safetensors() {
     let r = &pt_policy.reports[0];
     assert_eq!(r.file, pt);
     assert!(r.unused_keys.is_empty(), "{:?}", r.unused_keys);
+    // The DiT connector and the EMA entry outside `network.` are skipped and counted.
+    assert_eq!(r.skipped_keys, 2);
     assert_eq!(r.parameters, st.reports[0].parameters);
     let a = st.dldm.encode(&clip()).unwrap();
     let b = pt_policy.dldm.encode(&clip()).unwrap();
@@ -379,7 +379,7 @@ fn pytorch_checkpoint_with_official_keys_matches_safetensors() {
         b.features.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     );
 
-    // Without the `network.` prefix the file is not an official checkpoint.
+    // Without the `network.` prefix the keys are read as they are (our own layout).
     let plain = d.path().join("plain.pt");
     let status = Command::new("python3")
         .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/python"))
@@ -396,10 +396,36 @@ fn pytorch_checkpoint_with_official_keys_matches_safetensors() {
         .replace("dldm.pt", "plain.pt")
         .replace("    state_key: model\n", "");
     std::fs::write(&yaml, text).unwrap();
+    let plain_policy = LoadedPolicy::load(&yaml, &Device::Cpu).unwrap();
+    assert_eq!(plain_policy.reports[0].skipped_keys, 0);
+    let c = plain_policy.dldm.encode(&clip()).unwrap();
+    assert_eq!(
+        a.indices.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
+        c.indices.flatten_all().unwrap().to_vec1::<u32>().unwrap()
+    );
+
+    // A stray key inside the model's namespace is refused unless the bundle allows it.
+    rewrite(&d.path().join("ar.safetensors"), |m| {
+        m.insert(
+            "layers.0.extra.weight".into(),
+            Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
     let e = load_err(&yaml);
     assert!(
-        e.contains("plain.pt") && e.contains("no key starts with 'network.'"),
+        e.contains("ar.safetensors") && e.contains("unexpected  layers.0.extra.weight (found [3])"),
         "{e}"
+    );
+    let text = std::fs::read_to_string(&yaml).unwrap().replacen(
+        "weights: ar.safetensors",
+        "weights: ar.safetensors\n    allow_unexpected_keys: true",
+        1,
+    );
+    std::fs::write(&yaml, text).unwrap();
+    let allowed = LoadedPolicy::load(&yaml, &Device::Cpu).unwrap();
+    assert_eq!(
+        allowed.reports[1].unused_keys,
+        vec!["layers.0.extra.weight".to_string()]
     );
 }
 
@@ -446,4 +472,24 @@ fn the_bundled_default_policy_loads_runs_and_fits_the_size_budget() {
         }
     }
     assert_eq!(plans, 3);
+}
+
+#[test]
+fn proprio_encoding_and_head_width_must_agree() {
+    let (_d, yaml) = fresh_policy(4);
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    assert!(text.contains("proprio_encoding: euler_sincos"), "{text}");
+    // A raw encoding makes 15 features: an 18-wide head and 18 statistics do not fit.
+    std::fs::write(
+        &yaml,
+        text.replace("proprio_encoding: euler_sincos", "proprio_encoding: raw"),
+    )
+    .unwrap();
+    let e = load_err(&yaml);
+    assert!(
+        e.contains(
+            "normalization.proprio_mean: expected 15 values (proprio_encoding Raw), found 18"
+        ),
+        "{e}"
+    );
 }

@@ -91,3 +91,87 @@ fn a_crash_mid_recording_loses_no_finished_episode() {
         CalvinDataset::open(fresh.path()).unwrap().episodes()
     );
 }
+
+fn record_chained(out: &std::path::Path, episodes: usize, extra: &[&str]) -> serde_json::Value {
+    let o = Command::new(env!("CARGO_BIN_EXE_vw2"))
+        .args(["record", "--backend", "fake", "--chained", "2"])
+        .args([
+            "--tasks",
+            "open_drawer,close_drawer,turn_on_led,turn_off_led",
+        ])
+        .args([
+            "--episodes",
+            &episodes.to_string(),
+            "--max-steps",
+            "40",
+            "--out",
+        ])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn chained_play_stores_each_subtask_from_its_real_start_state_and_resumes() {
+    let d = tempfile::tempdir().unwrap();
+    let s = record_chained(d.path(), 6, &[]);
+    assert_eq!(s["episodes"], 6);
+    let ds = CalvinDataset::open(d.path()).unwrap();
+    let lang = ds.language().unwrap();
+    assert_eq!(lang.task.len(), 6);
+    // Chains start from CALVIN's evaluation robot pose; a second subtask starts where
+    // the first ended (no reset), so from a pose that is not the start pose.
+    let start_pose = vw2_policy::eval::chains::EVAL_ROBOT_OBS;
+    let eps = ds.episodes().to_vec();
+    let mut continued = 0;
+    for w in eps.windows(2) {
+        let end = ds.frame(w[0].1).unwrap();
+        let next = ds.frame(w[1].0).unwrap();
+        if next.robot_obs != start_pose {
+            // A continued subtask: its first frame is the previous subtask's last state.
+            assert_eq!(next.robot_obs, end.robot_obs);
+            assert_eq!(next.scene_obs, end.scene_obs);
+            continued += 1;
+        }
+    }
+    assert!(continued >= 1, "no chain went past its first subtask");
+    for (i, (task, ann)) in lang.task.iter().zip(&lang.ann).enumerate() {
+        assert_eq!(
+            Some(ann.as_str()),
+            vw2_policy::eval::sentences::validation_sentence(task),
+            "episode {i}"
+        );
+    }
+
+    // Killed mid-chain (the fake crashes on a step), then resumed: the same dataset as
+    // one uninterrupted run.
+    let k = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vw2"))
+        .args(["record", "--backend", "fake", "--chained", "2"])
+        .args([
+            "--tasks",
+            "open_drawer,close_drawer,turn_on_led,turn_off_led",
+        ])
+        .args(["--episodes", "6", "--max-steps", "40", "--out"])
+        .arg(k.path())
+        .arg("--sim-arg=--crash-after=25")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let partial = CalvinDataset::open(k.path()).unwrap().episodes().len();
+    assert!(partial < 6);
+    let s = record_chained(k.path(), 6, &[]);
+    assert_eq!(s["resumed_from"], partial);
+    let a = CalvinDataset::open(k.path()).unwrap();
+    assert_eq!(a.episodes(), ds.episodes());
+    assert_eq!(a.language().unwrap().task, lang.task);
+    for i in 0..a.num_frames() {
+        assert_eq!(
+            a.frame(i).unwrap().robot_obs,
+            ds.frame(i).unwrap().robot_obs
+        );
+    }
+}

@@ -324,7 +324,7 @@ fn cached_codes_and_features_mirror_the_closed_loop() {
         let e = &enc[0];
         assert_eq!(e.steps, 3);
         let bundle = LoadedPolicy::load(pol.path(), &dev).unwrap();
-        let f = bundle.dldm.config().feature_channels;
+        let f = bundle.dldm.config().feature_channels();
         let opts = PolicyOptions {
             window_latent_steps: window,
             ..Default::default()
@@ -712,7 +712,12 @@ fn finetuned_bundle_loads_and_runs_in_closed_loop() {
         std::fs::read(pol.path().join("ar.safetensors")).unwrap()
     );
     let bundle = LoadedPolicy::load(out.path(), &dev).unwrap();
-    assert_eq!(bundle.spec.normalization.proprio_std.len(), 15);
+    // The tcp angles enter as sin/cos: 18 proprio features, each with its statistics.
+    assert_eq!(bundle.spec.normalization.proprio_std.len(), 18);
+    assert_eq!(
+        bundle.spec.normalization.proprio_encoding,
+        vw2_policy::policy::proprio::ProprioEncoding::EulerSincos
+    );
     let mut p = Policy::new(bundle, PolicyOptions::default(), dev).unwrap();
     p.reset("pull the handle to open the drawer").unwrap();
     let ds = CalvinDataset::open(fake_dataset()).unwrap();

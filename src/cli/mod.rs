@@ -74,6 +74,11 @@ pub enum Command {
         /// Step budget per episode.
         #[arg(long, default_value_t = 360)]
         max_steps: usize,
+        /// Chained play: each attempt is a chain of up to N subtasks from a CALVIN-like
+        /// initial condition (own seed, not the evaluation's), played without a reset;
+        /// every solved subtask is one episode from its real start state.
+        #[arg(long = "chained", value_name = "N")]
+        chain_len: Option<usize>,
         /// Extra argument for the simulator server (repeatable), e.g. `--sim-arg=--calvin-env=/path`.
         #[arg(long = "sim-arg", allow_hyphen_values = true)]
         sim_args: Vec<String>,
@@ -137,7 +142,34 @@ pub enum Command {
     },
     /// Train the action head of a bundle on a labelled fraction of a dataset.
     FinetuneHead(crate::train::cli::FinetuneHeadArgs),
-    /// Write a tiny random-weight policy bundle (for tests and plumbing checks).
+    /// Import a dLDM checkpoint (official `.pt`, or `.safetensors` in the official
+    /// layout): infer its sizes, check every key, write `dldm.safetensors` and
+    /// `dldm.yaml` (the `components.dldm` section of a `policy.yaml`).
+    ImportDldm {
+        /// The checkpoint (`.pt`, `.pth`, `.ckpt` or `.safetensors`).
+        checkpoint: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Nested state-dict key of a PyTorch checkpoint (e.g. `model`).
+        #[arg(long)]
+        state_key: Option<String>,
+        /// Store the weights in this dtype (f32, f16, bf16; default: the checkpoint's).
+        #[arg(long)]
+        dtype: Option<String>,
+        /// The compute dtype written to dldm.yaml (f32, f16, or bf16 on CUDA).
+        #[arg(long, default_value = "f32")]
+        compute_dtype: String,
+        /// QFormer heads (not visible in the shapes; official: 4).
+        #[arg(long, default_value_t = 4)]
+        qformer_heads: usize,
+        /// FSQ levels (only their count is visible in the shapes; official: 8,5,5,5).
+        #[arg(long, value_delimiter = ',', default_values_t = [8u32, 5, 5, 5])]
+        levels: Vec<u32>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     MakeRandomPolicy {
         /// Output folder.
         #[arg(long)]
@@ -162,6 +194,31 @@ pub enum BenchCommand {
         /// Seconds per real-time case.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The dLDM encoder and coarse decoder on one synthetic clip: time and peak memory
+    /// per stage (default: the official size on 93 frames at 240×416).
+    Dldm {
+        /// Sizes: `videoworld2` (official) or `tiny`.
+        #[arg(long, default_value = "videoworld2")]
+        preset: String,
+        /// Clip length (1 + 4k frames).
+        #[arg(long, default_value_t = 93)]
+        frames: usize,
+        /// Clip height (px, a multiple of the spatial compression).
+        #[arg(long, default_value_t = 240)]
+        height: usize,
+        /// Clip width (px).
+        #[arg(long, default_value_t = 416)]
+        width: usize,
+        /// Seed of the random weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Also write the weights, the clip and the outputs here (for the PyTorch peer).
+        #[arg(long)]
+        save: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -222,6 +279,53 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench {
             what:
+                BenchCommand::Dldm {
+                    preset,
+                    frames,
+                    height,
+                    width,
+                    seed,
+                    save,
+                    json,
+                },
+        } => {
+            let preset: crate::model::dldm::DldmPreset =
+                serde_yaml::from_str(&preset).map_err(|_| {
+                    anyhow::anyhow!("--preset: expected videoworld2 or tiny, found '{preset}'")
+                })?;
+            let cfg = crate::model::dldm::DldmConfig::preset(preset);
+            let b = crate::policy::dldm_bench::bench_dldm(
+                &cfg,
+                frames,
+                height,
+                width,
+                seed,
+                save.as_deref(),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&b)?);
+            } else {
+                println!(
+                    "dLDM {:?} ({} parameters, {} threads) on {}×{}×{}",
+                    preset, b.parameters, b.threads, b.frames, b.height, b.width
+                );
+                println!(
+                    "  encode (clip → codes)         {:8.2} s   peak {:8.0} MiB",
+                    b.encode_s, b.encode_peak_mib
+                );
+                println!(
+                    "  decode (frame 0 + codes → clip) {:6.2} s   peak {:8.0} MiB (frame-0 encode {:.2} s)",
+                    b.decode_s, b.decode_peak_mib, b.first_frame_s
+                );
+                println!(
+                    "  weights resident before the stages: {:.0} MiB",
+                    b.baseline_mib
+                );
+            }
+            Ok(())
+        }
+        Command::Bench {
+            what:
                 BenchCommand::Runtime {
                     policy,
                     seconds,
@@ -267,6 +371,7 @@ pub fn run(cli: Cli) -> Result<()> {
             seed,
             tasks,
             max_steps,
+            chain_len,
             sim_args,
         } => {
             let mut env = crate::io::env_adapter::EnvConfig::new(&backend);
@@ -276,6 +381,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 seed,
                 max_steps,
                 tasks,
+                chain_len,
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 ..Default::default()
             };
@@ -287,6 +393,68 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => crate::eval::demo::run(args),
         Command::Train { what } => crate::train::cli::run_train(what),
         Command::FinetuneHead(args) => crate::train::cli::run_finetune_head(args),
+        Command::ImportDldm {
+            checkpoint,
+            out,
+            state_key,
+            dtype,
+            compute_dtype,
+            qformer_heads,
+            levels,
+            json,
+        } => {
+            let parse = |flag: &str, d: &str| {
+                serde_yaml::from_str::<crate::policy::weights::WeightDtype>(d).map_err(|_| {
+                    anyhow::anyhow!("--{flag}: expected f32, f16 or bf16, found '{d}'")
+                })
+            };
+            let opts = crate::policy::import::ImportOptions {
+                qformer_heads,
+                levels,
+                state_key,
+                dtype: dtype.as_deref().map(|d| parse("dtype", d)).transpose()?,
+                compute_dtype: parse("compute-dtype", &compute_dtype)?,
+            };
+            let r = crate::policy::import::import_dldm(&checkpoint, &out, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                let c = &r.inferred.config;
+                println!("imported {}", r.checkpoint.display());
+                println!(
+                    "  channels {}, channels_mult {:?}, num_res_blocks {}, z_channels {}, features {}",
+                    c.channels,
+                    c.channels_mult,
+                    c.num_res_blocks,
+                    c.z_channels,
+                    c.feature_channels()
+                );
+                println!(
+                    "  {} queries, QFormer depth {}, {} heads × {}, MLP {}",
+                    c.num_queries,
+                    c.qformer_depth,
+                    c.qformer_heads,
+                    c.qformer_head_dim,
+                    c.qformer_mlp_dim
+                );
+                for a in &r.inferred.assumptions {
+                    println!("  assumed: {a}");
+                }
+                println!(
+                    "  keys: {} placed, {} skipped {:?}; {} parameters, stored as {:?}, computed in {:?}",
+                    r.keys.placed,
+                    r.keys.skipped_total(),
+                    r.keys.skipped,
+                    r.parameters,
+                    r.dtype,
+                    r.compute_dtype
+                );
+                for w in &r.written {
+                    println!("  wrote {}", w.display());
+                }
+            }
+            Ok(())
+        }
         Command::MakeRandomPolicy { out, seed, name } => {
             let yaml = create_random_policy(&out, &name, seed, &RandomPolicySizes::tiny())?;
             println!("wrote {}", yaml.display());

@@ -37,6 +37,12 @@ pub struct RecordOptions {
     pub tasks: Vec<String>,
     /// Give up after this many failed attempts in a row.
     pub max_consecutive_failures: usize,
+    /// Chained play: each attempt draws a training chain of up to this many subtasks
+    /// ([`crate::eval::chains::training_chain`]) from a CALVIN initial condition, and
+    /// the expert plays them in a row without a reset; every solved subtask is stored
+    /// as an episode from its real start state. `None`: one task per episode from a
+    /// reset (the backend's `sample_task`).
+    pub chain_len: Option<usize>,
     /// Show a progress bar.
     pub progress: bool,
 }
@@ -49,6 +55,7 @@ impl Default for RecordOptions {
             max_steps: 360,
             tasks: vec![],
             max_consecutive_failures: 50,
+            chain_len: None,
             progress: true,
         }
     }
@@ -70,7 +77,15 @@ pub struct RecordSummary {
 /// File in the dataset folder holding the recorder's next attempt number.
 pub const RECORD_STATE_FILE: &str = "vw2_record_state.json";
 
-fn read_attempt(path: &Path) -> Result<Option<u64>> {
+/// Where a recording stands: the next attempt, and (chained play) how many subtasks
+/// of that attempt's chain are already in the dataset.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct RecordState {
+    next_attempt: u64,
+    chain_done: usize,
+}
+
+fn read_state(path: &Path) -> Result<Option<RecordState>> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let v: serde_json::Value =
@@ -84,23 +99,25 @@ fn read_attempt(path: &Path) -> Result<Option<u64>> {
                         path.display()
                     )
                 })?;
-            Ok(Some(n))
+            let done = match v.get("chain_done") {
+                None => 0,
+                Some(d) => d.as_u64().ok_or_else(|| {
+                    anyhow!("{}: key 'chain_done': expected an integer", path.display())
+                })? as usize,
+            };
+            Ok(Some(RecordState {
+                next_attempt: n,
+                chain_done: done,
+            }))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(anyhow!("{}: {e}", path.display())),
     }
 }
 
-fn write_attempt(path: &Path, next: u64) -> Result<()> {
-    let tmp = crate::policy::weights::tmp_path(path);
-    std::fs::write(
-        &tmp,
-        serde_json::json!({ "next_attempt": next }).to_string(),
-    )
-    .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("{}: cannot rename into place", path.display()))?;
-    Ok(())
+fn write_state(path: &Path, st: RecordState) -> Result<()> {
+    let text = serde_json::json!({ "next_attempt": st.next_attempt, "chain_done": st.chain_done });
+    crate::policy::weights::write_atomic(path, text.to_string().as_bytes())
 }
 
 fn frame_from(obs: &Observation, rel: &[f64; 7]) -> Result<CalvinFrame> {
@@ -177,6 +194,46 @@ pub fn sample_task(env: &mut EnvAdapter, seed: u64, tasks: &[String]) -> Result<
     })
 }
 
+/// Steps the expert on `task` from `obs` until the oracle reports success or
+/// `max_steps` pass. With `store`, every frame is written from the writer's next
+/// index, the final observation closing the episode with a hold action. Returns
+/// (solved, the last observation, the index of the episode's last frame).
+fn play_subtask(
+    env: &mut EnvAdapter,
+    writer: &mut CalvinWriter,
+    mut obs: Observation,
+    task: &str,
+    max_steps: usize,
+    store: bool,
+) -> Result<(bool, Observation, usize)> {
+    let start_info = env.info()?;
+    let mut idx = writer.next_frame_index();
+    for _ in 0..max_steps {
+        let action = env.expert_action(task)?;
+        if store {
+            writer.write_frame(idx, &frame_from(&obs, &action)?)?;
+            idx += 1;
+        }
+        obs = env.step(&action, true)?;
+        if env
+            .task_success(&start_info, &[task])?
+            .iter()
+            .any(|t| t == task)
+        {
+            if store {
+                let mut hold = [0.0; 7];
+                hold[6] = obs.robot_obs[14].signum();
+                if hold[6] == 0.0 {
+                    hold[6] = 1.0;
+                }
+                writer.write_frame(idx, &frame_from(&obs, &hold)?)?;
+            }
+            return Ok((true, obs, idx));
+        }
+    }
+    Ok((false, obs, idx))
+}
+
 /// Records `opts.episodes` successful expert episodes from `env_cfg` into `out`.
 pub fn record(env_cfg: &EnvConfig, out: &Path, opts: &RecordOptions) -> Result<RecordSummary> {
     let mut writer = CalvinWriter::create(out)
@@ -207,66 +264,102 @@ pub fn record(env_cfg: &EnvConfig, out: &Path, opts: &RecordOptions) -> Result<R
     // The attempt counter is kept in the dataset, so a resumed run draws the
     // same episodes an uninterrupted one would have drawn.
     let state_path = out.join(RECORD_STATE_FILE);
-    let mut attempt = read_attempt(&state_path)?.unwrap_or(resumed_from as u64);
+    let mut state = read_state(&state_path)?.unwrap_or(RecordState {
+        next_attempt: resumed_from as u64,
+        chain_done: 0,
+    });
     let mut failures_in_a_row = 0;
     while writer.episodes().len() < opts.episodes {
+        let attempt = state.next_attempt;
         let seed = opts.seed.wrapping_add(attempt.wrapping_mul(1_000_003));
-        attempt += 1;
-        let sample = sample_task(&mut env, seed, &opts.tasks)?;
-        let start_idx = writer.next_frame_index();
-        let mut obs = env.reset(Some(&sample.robot_obs), Some(&sample.scene_obs))?;
-        let start_info = env.info()?;
-        let mut success = false;
-        let mut idx = start_idx;
-        for _ in 0..opts.max_steps {
-            let action = env.expert_action(&sample.task)?;
-            writer.write_frame(idx, &frame_from(&obs, &action)?)?;
-            idx += 1;
-            obs = env.step(&action, true)?;
-            if env
-                .task_success(&start_info, &[sample.task.as_str()])?
-                .iter()
-                .any(|t| t == &sample.task)
-            {
-                success = true;
+        let (tasks, robot_obs, scene_obs) = match opts.chain_len {
+            None => {
+                let t = sample_task(&mut env, seed, &opts.tasks)?;
+                (vec![(t.task, t.instruction)], t.robot_obs, t.scene_obs)
+            }
+            Some(len) => {
+                let c = crate::eval::chains::training_chain(seed, len, &opts.tasks)?;
+                let tasks = c
+                    .tasks
+                    .iter()
+                    .map(|t| {
+                        let sentence = crate::eval::sentences::validation_sentence(t)
+                            .unwrap_or(t.as_str())
+                            .to_string();
+                        (t.clone(), sentence)
+                    })
+                    .collect();
+                (tasks, c.robot_obs, c.scene_obs)
+            }
+        };
+        let mut obs = env.reset(Some(&robot_obs), Some(&scene_obs))?;
+        let mut solved = 0;
+        let mut failed = false;
+        for (k, (task, instruction)) in tasks.iter().enumerate() {
+            // A resumed chain replays the subtasks already stored, writing nothing.
+            let store = k >= state.chain_done;
+            let start_idx = writer.next_frame_index();
+            let (ok, next, end_idx) =
+                play_subtask(&mut env, &mut writer, obs, task, opts.max_steps, store)?;
+            obs = next;
+            if !ok {
+                if store {
+                    writer.discard_unfinished()?;
+                    summary.failed_attempts += 1;
+                    tracing::warn!(task = %task, seed, subtask = k, "expert failed; subtask discarded");
+                } else {
+                    bail!(
+                        "{}: resuming chain {attempt}: the expert no longer solves stored subtask {k} ({task}); the simulator is not deterministic, record into a new folder",
+                        out.display()
+                    );
+                }
+                failed = true;
+                break;
+            }
+            solved += 1;
+            if store {
+                // Reaching the wanted count mid-chain keeps the chain open, so a
+                // later run asking for more goes on with it, as one run would have.
+                state = if k + 1 == tasks.len() {
+                    RecordState {
+                        next_attempt: attempt + 1,
+                        chain_done: 0,
+                    }
+                } else {
+                    RecordState {
+                        next_attempt: attempt,
+                        chain_done: k + 1,
+                    }
+                };
+                writer.add_language(start_idx, end_idx, task.clone(), instruction.clone())?;
+                write_state(&state_path, state)?;
+                writer.finish_episode(start_idx, end_idx)?;
+                bar.inc(1);
+                bar.set_message(format!("last: {task} ({} frames)", end_idx - start_idx + 1));
+                tracing::info!(task = %task, subtask = k, frames = end_idx - start_idx + 1, "episode recorded");
+            }
+            if writer.episodes().len() >= opts.episodes {
                 break;
             }
         }
-        if success {
-            // The final observation closes the episode, with a hold action.
-            let mut hold = [0.0; 7];
-            hold[6] = obs.robot_obs[14].signum();
-            if hold[6] == 0.0 {
-                hold[6] = 1.0;
-            }
-            writer.write_frame(idx, &frame_from(&obs, &hold)?)?;
-            writer.add_language(
-                start_idx,
-                idx,
-                sample.task.clone(),
-                sample.instruction.clone(),
-            )?;
-            write_attempt(&state_path, attempt)?;
-            writer.finish_episode(start_idx, idx)?;
-            failures_in_a_row = 0;
-            bar.inc(1);
-            bar.set_message(format!(
-                "last: {} ({} frames)",
-                sample.task,
-                idx - start_idx + 1
-            ));
-            tracing::info!(task = %sample.task, frames = idx - start_idx + 1, "episode recorded");
-        } else {
-            writer.discard_unfinished()?;
-            summary.failed_attempts += 1;
+        if failed {
+            // The chain ends at a failure (a single-task attempt: that task).
+            state = RecordState {
+                next_attempt: attempt + 1,
+                chain_done: 0,
+            };
+            write_state(&state_path, state)?;
+        }
+        if solved == 0 {
             failures_in_a_row += 1;
-            tracing::warn!(task = %sample.task, seed, "expert failed; episode discarded");
             if failures_in_a_row >= opts.max_consecutive_failures {
                 bail!(
-                    "the expert failed {failures_in_a_row} episodes in a row (last task {}); giving up",
-                    sample.task
+                    "the expert failed {failures_in_a_row} attempts in a row (last task {}); giving up",
+                    tasks.first().map(|t| t.0.as_str()).unwrap_or("none")
                 );
             }
+        } else {
+            failures_in_a_row = 0;
         }
     }
     bar.finish();

@@ -349,6 +349,59 @@ pub fn initial_conditions() -> Vec<InitialCondition> {
     out
 }
 
+/// A chain for training data (`vw2 record --chained`): a start state drawn from
+/// CALVIN's 192 initial conditions, placed as CALVIN places them, and up to `len`
+/// subtasks that follow CALVIN's rules (each task has exactly one applicable rule,
+/// categories distinct). Drawn from `seed` with its own generator, so the chains are
+/// not the evaluation's. With `tasks`, only those tasks are used (the chain may then
+/// be shorter than `len`; it is never empty).
+pub fn training_chain(seed: u64, len: usize, tasks: &[String]) -> Result<Chain> {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    let candidates: Vec<usize> = if tasks.is_empty() {
+        (0..TASKS.len()).collect()
+    } else {
+        tasks
+            .iter()
+            .map(|t| {
+                TASKS.iter().position(|x| x.0 == t).ok_or_else(|| {
+                    anyhow::anyhow!("tasks: '{t}' is not one of CALVIN's 34 task names")
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    let states = initial_conditions();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for _ in 0..10_000 {
+        let cond = &states[rng.random_range(0..states.len())];
+        let start = cond.state();
+        // Grow the chain greedily from a shuffled candidate order.
+        let mut order = candidates.clone();
+        order.shuffle(&mut rng);
+        let mut seq: Vec<usize> = Vec::new();
+        for &t in &order {
+            if seq.len() == len {
+                break;
+            }
+            let mut trial = seq.clone();
+            trial.push(t);
+            if check_sequence(&start, &trial) {
+                seq = trial;
+            }
+        }
+        if !seq.is_empty() {
+            let (robot, scene) = env_state_for_condition(cond);
+            return Ok(Chain {
+                initial_condition: cond.clone(),
+                tasks: seq.iter().map(|&t| TASKS[t].0.to_string()).collect(),
+                robot_obs: robot.to_vec(),
+                scene_obs: scene.to_vec(),
+            });
+        }
+    }
+    anyhow::bail!("tasks {tasks:?}: no initial condition lets any of them start")
+}
+
 /// A drawn chain: its condition and task names.
 pub type DrawnChain = (InitialCondition, Vec<&'static str>);
 

@@ -14,125 +14,155 @@ use super::layers::{
 use super::nn::{attention, LayerNorm, Linear};
 use super::patcher::HaarPatcher;
 
-/// dLDM sizes. Defaults are the official VideoWorld 2 sizes; tests use tiny ones.
+/// Named dLDM sizes (`preset:` in a `dldm` config); every field set beside it overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DldmPreset {
+    /// The official VideoWorld 2 sizes (channels 128, mults [2, 4, 4], 2 res blocks,
+    /// z 256, resolution 1024, attention resolutions [32], QFormer MLP 512).
+    #[default]
+    Videoworld2,
+    /// A tiny model for tests (see [`DldmConfig::tiny`]).
+    Tiny,
+}
+
+/// dLDM sizes. Without a preset the official VideoWorld 2 sizes apply; tests use tiny ones.
+///
+/// In YAML a config is read through [`DldmConfigSpec`]: `preset:` picks the base sizes
+/// and every field given beside it overrides one of them. It is always written out in full.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "DldmConfigSpec")]
 pub struct DldmConfig {
     /// Input image channels (RGB: 3).
-    #[serde(default = "d_in_channels")]
     pub in_channels: usize,
     /// Haar patch size (spatial and temporal compression of the patcher): 4.
-    #[serde(default = "d_patch")]
     pub patch_size: usize,
     /// Base width of the conv trunk: 128.
-    #[serde(default = "d_channels")]
     pub channels: usize,
     /// Width multipliers per level: [2, 4, 4]. Every level but the last halves H and W.
-    #[serde(default = "d_mult")]
+    /// The encoder features are `channels · channels_mult.last()` wide (512).
     pub channels_mult: Vec<usize>,
     /// Residual blocks per encoder level (the decoder has one more): 2.
-    #[serde(default = "d_res")]
     pub num_res_blocks: usize,
-    /// Nominal input resolution (px) that places attention, with `attn_resolutions`.
-    #[serde(default = "d_resolution")]
+    /// Nominal input resolution (px) that places attention, with `attn_resolutions`: 1024.
     pub resolution: usize,
-    /// Level resolutions (px at that level, nominal) that get attention.
-    #[serde(default)]
+    /// Level resolutions (px at that level, nominal) that get attention: [32].
     pub attn_resolutions: Vec<usize>,
-    /// Width of the encoder features read by the QFormer and the decoder: 512.
-    /// Must equal `channels · channels_mult.last()`.
-    #[serde(default = "d_feature")]
-    pub feature_channels: usize,
     /// Width between `outproj_ldm` and `quant_conv`: 256.
-    #[serde(default = "d_z")]
     pub z_channels: usize,
     /// FSQ levels; their count is the code dimension: [8, 5, 5, 5].
-    #[serde(default = "d_levels")]
     pub levels: Vec<u32>,
     /// Learned queries per latent step: 4.
-    #[serde(default = "d_queries")]
     pub num_queries: usize,
     /// QFormer cross-attention layers: 2.
-    #[serde(default = "d_depth")]
     pub qformer_depth: usize,
     /// QFormer attention heads: 4.
-    #[serde(default = "d_heads")]
     pub qformer_heads: usize,
     /// QFormer per-head width: 64 (so 256 inside).
-    #[serde(default = "d_head_dim")]
     pub qformer_head_dim: usize,
-    /// QFormer MLP hidden width: 2048.
-    #[serde(default = "d_mlp")]
+    /// QFormer MLP hidden width: 512.
     pub qformer_mlp_dim: usize,
 }
 
-fn d_in_channels() -> usize {
-    3
+/// The YAML form of a [`DldmConfig`]: a preset plus overrides.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DldmConfigSpec {
+    /// Base sizes (default `videoworld2`).
+    #[serde(default)]
+    pub preset: DldmPreset,
+    /// Overrides [`DldmConfig::in_channels`].
+    pub in_channels: Option<usize>,
+    /// Overrides [`DldmConfig::patch_size`].
+    pub patch_size: Option<usize>,
+    /// Overrides [`DldmConfig::channels`].
+    pub channels: Option<usize>,
+    /// Overrides [`DldmConfig::channels_mult`].
+    pub channels_mult: Option<Vec<usize>>,
+    /// Overrides [`DldmConfig::num_res_blocks`].
+    pub num_res_blocks: Option<usize>,
+    /// Overrides [`DldmConfig::resolution`].
+    pub resolution: Option<usize>,
+    /// Overrides [`DldmConfig::attn_resolutions`].
+    pub attn_resolutions: Option<Vec<usize>>,
+    /// Overrides [`DldmConfig::z_channels`].
+    pub z_channels: Option<usize>,
+    /// Overrides [`DldmConfig::levels`].
+    pub levels: Option<Vec<u32>>,
+    /// Overrides [`DldmConfig::num_queries`].
+    pub num_queries: Option<usize>,
+    /// Overrides [`DldmConfig::qformer_depth`].
+    pub qformer_depth: Option<usize>,
+    /// Overrides [`DldmConfig::qformer_heads`].
+    pub qformer_heads: Option<usize>,
+    /// Overrides [`DldmConfig::qformer_head_dim`].
+    pub qformer_head_dim: Option<usize>,
+    /// Overrides [`DldmConfig::qformer_mlp_dim`].
+    pub qformer_mlp_dim: Option<usize>,
 }
-fn d_patch() -> usize {
-    4
-}
-fn d_channels() -> usize {
-    128
-}
-fn d_mult() -> Vec<usize> {
-    vec![2, 4, 4]
-}
-fn d_res() -> usize {
-    2
-}
-fn d_resolution() -> usize {
-    256
-}
-fn d_feature() -> usize {
-    512
-}
-fn d_z() -> usize {
-    256
-}
-fn d_levels() -> Vec<u32> {
-    vec![8, 5, 5, 5]
-}
-fn d_queries() -> usize {
-    4
-}
-fn d_depth() -> usize {
-    2
-}
-fn d_heads() -> usize {
-    4
-}
-fn d_head_dim() -> usize {
-    64
-}
-fn d_mlp() -> usize {
-    2048
+
+impl TryFrom<DldmConfigSpec> for DldmConfig {
+    type Error = String;
+
+    fn try_from(s: DldmConfigSpec) -> std::result::Result<Self, String> {
+        let b = DldmConfig::preset(s.preset);
+        let cfg = DldmConfig {
+            in_channels: s.in_channels.unwrap_or(b.in_channels),
+            patch_size: s.patch_size.unwrap_or(b.patch_size),
+            channels: s.channels.unwrap_or(b.channels),
+            channels_mult: s.channels_mult.unwrap_or(b.channels_mult),
+            num_res_blocks: s.num_res_blocks.unwrap_or(b.num_res_blocks),
+            resolution: s.resolution.unwrap_or(b.resolution),
+            attn_resolutions: s.attn_resolutions.unwrap_or(b.attn_resolutions),
+            z_channels: s.z_channels.unwrap_or(b.z_channels),
+            levels: s.levels.unwrap_or(b.levels),
+            num_queries: s.num_queries.unwrap_or(b.num_queries),
+            qformer_depth: s.qformer_depth.unwrap_or(b.qformer_depth),
+            qformer_heads: s.qformer_heads.unwrap_or(b.qformer_heads),
+            qformer_head_dim: s.qformer_head_dim.unwrap_or(b.qformer_head_dim),
+            qformer_mlp_dim: s.qformer_mlp_dim.unwrap_or(b.qformer_mlp_dim),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
 }
 
 impl Default for DldmConfig {
     fn default() -> Self {
-        Self {
-            in_channels: d_in_channels(),
-            patch_size: d_patch(),
-            channels: d_channels(),
-            channels_mult: d_mult(),
-            num_res_blocks: d_res(),
-            resolution: d_resolution(),
-            attn_resolutions: vec![],
-            feature_channels: d_feature(),
-            z_channels: d_z(),
-            levels: d_levels(),
-            num_queries: d_queries(),
-            qformer_depth: d_depth(),
-            qformer_heads: d_heads(),
-            qformer_head_dim: d_head_dim(),
-            qformer_mlp_dim: d_mlp(),
-        }
+        Self::videoworld2()
     }
 }
 
 impl DldmConfig {
-    /// A tiny configuration for tests (32×32 input, 8 px features grid 4×4).
+    /// The official VideoWorld 2 sizes (see `design/dldm-official-facts.md`).
+    pub fn videoworld2() -> Self {
+        Self {
+            in_channels: 3,
+            patch_size: 4,
+            channels: 128,
+            channels_mult: vec![2, 4, 4],
+            num_res_blocks: 2,
+            resolution: 1024,
+            attn_resolutions: vec![32],
+            z_channels: 256,
+            levels: vec![8, 5, 5, 5],
+            num_queries: 4,
+            qformer_depth: 2,
+            qformer_heads: 4,
+            qformer_head_dim: 64,
+            qformer_mlp_dim: 512,
+        }
+    }
+
+    /// The sizes of a preset.
+    pub fn preset(p: DldmPreset) -> Self {
+        match p {
+            DldmPreset::Videoworld2 => Self::videoworld2(),
+            DldmPreset::Tiny => Self::tiny(),
+        }
+    }
+
+    /// A tiny configuration for tests (32×32 input, 16-wide features on a 4×4 grid).
     pub fn tiny() -> Self {
         Self {
             in_channels: 3,
@@ -142,9 +172,8 @@ impl DldmConfig {
             num_res_blocks: 1,
             resolution: 32,
             attn_resolutions: vec![],
-            feature_channels: 16,
             z_channels: 8,
-            levels: d_levels(),
+            levels: vec![8, 5, 5, 5],
             num_queries: 4,
             qformer_depth: 2,
             qformer_heads: 2,
@@ -158,17 +187,16 @@ impl DldmConfig {
         if self.channels_mult.is_empty() {
             return Err("channels_mult: expected at least one level, found none".into());
         }
-        let last = self.channels * self.channels_mult[self.channels_mult.len() - 1];
-        if self.feature_channels != last {
+        if self.channels == 0 || self.channels_mult.contains(&0) {
             return Err(format!(
-                "feature_channels: expected channels·channels_mult.last() = {last}, found {}",
-                self.feature_channels
+                "channels, channels_mult: expected widths ≥ 1, found {} and {:?}",
+                self.channels, self.channels_mult
             ));
         }
-        if !self.feature_channels.is_multiple_of(2) {
+        if !self.feature_channels().is_multiple_of(2) {
             return Err(format!(
-                "feature_channels: expected an even width (sin/cos positional encoding), found {}",
-                self.feature_channels
+                "channels·channels_mult.last(): expected an even feature width (sin/cos positional encoding), found {}",
+                self.feature_channels()
             ));
         }
         if !self.patch_size.is_power_of_two() {
@@ -187,6 +215,12 @@ impl DldmConfig {
             return Err("num_queries: expected ≥ 1, found 0".into());
         }
         Ok(())
+    }
+
+    /// Width of the encoder features read by the QFormer and the decoder:
+    /// `channels · channels_mult.last()` (512 at the official size).
+    pub fn feature_channels(&self) -> usize {
+        self.channels * self.channels_mult.last().copied().unwrap_or(0)
     }
 
     /// Code dimension (number of FSQ channels, 4).
@@ -231,7 +265,8 @@ struct EncoderLevel {
     downsample: Option<Downsample>,
 }
 
-/// The factorized causal 3-D conv encoder (keys under `encoder.`).
+/// The factorized causal 3-D conv encoder (keys under `encoder.`). It has no output
+/// conv: its features are SiLU(norm_out(h)) from the mid block.
 #[derive(Debug, Clone)]
 pub struct Encoder {
     conv_in: FactorizedConv,
@@ -240,11 +275,10 @@ pub struct Encoder {
     mid_attn_1: SpaceTimeAttention,
     mid_block_2: ResBlock,
     norm_out: FrameNorm,
-    conv_out: FactorizedConv,
 }
 
 impl Encoder {
-    /// Loads `conv_in`, `down.{i}.{block,attn,downsample}`, `mid.*`, `norm_out`, `conv_out`.
+    /// Loads `conv_in`, `down.{i}.{block,attn,downsample}`, `mid.*` and `norm_out`.
     pub fn new(cfg: &DldmConfig, vb: VarBuilder) -> Result<Self> {
         let patched = cfg.in_channels * 8usize.pow(cfg.patch_size.trailing_zeros());
         let ch = cfg.channels;
@@ -287,7 +321,6 @@ impl Encoder {
             mid_attn_1: SpaceTimeAttention::new(block_in, mid.pp("attn_1"))?,
             mid_block_2: ResBlock::new(block_in, block_in, mid.pp("block_2"))?,
             norm_out: FrameNorm::new(block_in, vb.pp("norm_out"))?,
-            conv_out: FactorizedConv::new(block_in, cfg.feature_channels, vb.pp("conv_out"))?,
         })
     }
 
@@ -308,7 +341,7 @@ impl Encoder {
         h = self.mid_block_1.forward(&h)?;
         h = self.mid_attn_1.forward(&h)?;
         h = self.mid_block_2.forward(&h)?;
-        self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)
+        self.norm_out.forward(&h)?.silu()
     }
 }
 
@@ -358,39 +391,42 @@ impl CrossAttention {
 
 #[derive(Debug, Clone)]
 struct QFormerLayer {
-    cross_attn: CrossAttention,
-    norm1: LayerNorm,
+    cross_attn_token_to_image: CrossAttention,
+    norm2: LayerNorm,
     lin1: Linear,
     lin2: Linear,
-    norm2: LayerNorm,
+    norm3: LayerNorm,
 }
 
 /// The QFormer: `num_queries` learned queries read each adjacent latent-frame
-/// pair (t−1, t) by cross-attention. Keys under `qformer.`.
+/// pair (t−1, t) by cross-attention. It lives inside the encoder (keys under
+/// `encoder.`), as in the official checkpoints.
 #[derive(Debug, Clone)]
 pub struct QFormer {
     act: Tensor,
     gaussian: Tensor,
     layers: Vec<QFormerLayer>,
-    final_attn: CrossAttention,
-    norm_final: LayerNorm,
+    final_attn_token_to_image: CrossAttention,
+    norm_final_attn: LayerNorm,
     num_queries: usize,
 }
 
 impl QFormer {
-    /// Loads `act` [N, F], `pe_layer.positional_encoding_gaussian_matrix` [2, F/2],
-    /// `layers.{i}.{cross_attn,norm1,mlp.lin1,mlp.lin2,norm2}`, `final_attn`, `norm_final`.
+    /// Loads, below the encoder's prefix, `act.weight` [N, F] (the queries),
+    /// `pos_embedding.positional_encoding_gaussian_matrix` [2, F/2] and, under
+    /// `qformer_ldm.qformer.`, `layers.{i}.{cross_attn_token_to_image,norm2,mlp.lin1,
+    /// mlp.lin2,norm3}`, `final_attn_token_to_image` and `norm_final_attn`.
     pub fn new(cfg: &DldmConfig, vb: VarBuilder) -> Result<Self> {
-        let d = cfg.feature_channels;
-        let act = vb.get_with_hints(
+        let d = cfg.feature_channels();
+        let act = vb.pp("act").get_with_hints(
             (cfg.num_queries, d),
-            "act",
+            "weight",
             candle_nn::Init::Randn {
                 mean: 0.0,
                 stdev: 1.0,
             },
         )?;
-        let gaussian = vb.pp("pe_layer").get_with_hints(
+        let gaussian = vb.pp("pos_embedding").get_with_hints(
             (2, d / 2),
             "positional_encoding_gaussian_matrix",
             candle_nn::Init::Randn {
@@ -398,33 +434,26 @@ impl QFormer {
                 stdev: 1.0,
             },
         )?;
+        let qf = vb.pp("qformer_ldm").pp("qformer");
+        let attn =
+            |vb: VarBuilder| CrossAttention::new(d, cfg.qformer_heads, cfg.qformer_head_dim, vb);
         let mut layers = Vec::new();
         for i in 0..cfg.qformer_depth {
-            let vbl = vb.pp("layers").pp(i);
+            let vbl = qf.pp("layers").pp(i);
             layers.push(QFormerLayer {
-                cross_attn: CrossAttention::new(
-                    d,
-                    cfg.qformer_heads,
-                    cfg.qformer_head_dim,
-                    vbl.pp("cross_attn"),
-                )?,
-                norm1: LayerNorm::new(d, 1e-5, vbl.pp("norm1"))?,
+                cross_attn_token_to_image: attn(vbl.pp("cross_attn_token_to_image"))?,
+                norm2: LayerNorm::new(d, 1e-5, vbl.pp("norm2"))?,
                 lin1: Linear::new(d, cfg.qformer_mlp_dim, vbl.pp("mlp").pp("lin1"))?,
                 lin2: Linear::new(cfg.qformer_mlp_dim, d, vbl.pp("mlp").pp("lin2"))?,
-                norm2: LayerNorm::new(d, 1e-5, vbl.pp("norm2"))?,
+                norm3: LayerNorm::new(d, 1e-5, vbl.pp("norm3"))?,
             });
         }
         Ok(Self {
             act,
             gaussian,
             layers,
-            final_attn: CrossAttention::new(
-                d,
-                cfg.qformer_heads,
-                cfg.qformer_head_dim,
-                vb.pp("final_attn"),
-            )?,
-            norm_final: LayerNorm::new(d, 1e-5, vb.pp("norm_final"))?,
+            final_attn_token_to_image: attn(qf.pp("final_attn_token_to_image"))?,
+            norm_final_attn: LayerNorm::new(d, 1e-5, qf.pp("norm_final_attn"))?,
             num_queries: cfg.num_queries,
         })
     }
@@ -465,13 +494,15 @@ impl QFormer {
             .broadcast_as((b * pairs, self.num_queries, f))?
             .contiguous()?;
         for layer in &self.layers {
-            let a = layer.cross_attn.forward(&q, &k, &keys)?;
-            q = layer.norm1.forward(&(q + a)?)?;
+            let a = layer.cross_attn_token_to_image.forward(&q, &k, &keys)?;
+            q = layer.norm2.forward(&(q + a)?)?;
             let m = layer.lin2.forward(&layer.lin1.forward(&q)?.relu()?)?;
-            q = layer.norm2.forward(&(q + m)?)?;
+            q = layer.norm3.forward(&(q + m)?)?;
         }
-        let a = self.final_attn.forward(&(&q + &q)?, &k, &keys)?;
-        let q = self.norm_final.forward(&(q + a)?)?;
+        let a = self
+            .final_attn_token_to_image
+            .forward(&(&q + &q)?, &k, &keys)?;
+        let q = self.norm_final_attn.forward(&(q + a)?)?;
         q.reshape((b, pairs * self.num_queries, f))
     }
 }
@@ -484,9 +515,10 @@ struct DecoderAttention {
 }
 
 impl DecoderAttention {
-    fn new(ch: usize, n: usize, vb: VarBuilder) -> Result<Self> {
+    /// `ch`: the level's width; `code_width`: the code embeddings' width (the features').
+    fn new(ch: usize, code_width: usize, n: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            cross: CodeCrossAttention::new(ch, ch, n, vb.pp("0"))?,
+            cross: CodeCrossAttention::new(ch, code_width, n, vb.pp("0"))?,
             spatial: SpatialAttention::new(ch, vb.pp("1"))?,
             temporal: TemporalAttention::new(ch, vb.pp("2"))?,
         })
@@ -523,12 +555,13 @@ impl CoarseDecoder {
     pub fn new(cfg: &DldmConfig, vb: VarBuilder) -> Result<Self> {
         let patched = cfg.in_channels * 8usize.pow(cfg.patch_size.trailing_zeros());
         let n = cfg.channels_mult.len();
-        let mut block_in = cfg.channels * cfg.channels_mult[n - 1];
+        let code_width = cfg.feature_channels();
+        let mut block_in = code_width;
         let conv_in = FactorizedConv::new(cfg.z_channels, block_in, vb.pp("conv_in"))?;
         let q = cfg.num_queries;
         let mid = vb.pp("mid");
         let mid_block_1 = ResBlock::new(block_in, block_in, mid.pp("block_1"))?;
-        let mid_attn_1 = DecoderAttention::new(block_in, q, mid.pp("attn_1"))?;
+        let mid_attn_1 = DecoderAttention::new(block_in, code_width, q, mid.pp("attn_1"))?;
         let mid_block_2 = ResBlock::new(block_in, block_in, mid.pp("block_2"))?;
         let mut curr_res = cfg.resolution / cfg.spatial_compression();
         let mut levels: Vec<(usize, DecoderLevel)> = Vec::new();
@@ -542,7 +575,12 @@ impl CoarseDecoder {
                 block_in = block_out;
                 let with_attn = i == n - 1 || cfg.attn_resolutions.contains(&curr_res);
                 attns.push(if with_attn {
-                    Some(DecoderAttention::new(block_in, q, vbl.pp("attn").pp(j))?)
+                    Some(DecoderAttention::new(
+                        block_in,
+                        code_width,
+                        q,
+                        vbl.pp("attn").pp(j),
+                    )?)
                 } else {
                     None
                 });
@@ -629,8 +667,9 @@ pub struct EncodeOutput {
     pub indices: Tensor,
 }
 
-/// The whole dLDM (keys: `encoder.*`, `qformer.*`, `outproj_ldm.*`,
-/// `quant_conv.*`, `post_quant_conv.*`, `decoder.*`).
+/// The whole dLDM. Its keys are the official ones below `network.`: `encoder.*`
+/// (with the QFormer and `encoder.outproj_ldm`), `quant_conv.*`, `post_quant_conv.*`
+/// and `decoder.*`, so a bundle we train loads into the official module too.
 #[derive(Debug, Clone)]
 pub struct Dldm {
     cfg: DldmConfig,
@@ -648,15 +687,16 @@ impl Dldm {
     /// Loads the whole dLDM from `vb`.
     pub fn new(cfg: &DldmConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::msg)?;
-        let f = cfg.feature_channels;
+        let f = cfg.feature_channels();
         let z = cfg.z_channels;
         let e = cfg.code_dim();
+        let enc = vb.pp("encoder");
         Ok(Self {
             cfg: cfg.clone(),
             patcher: HaarPatcher::new(cfg.patch_size)?,
-            encoder: Encoder::new(cfg, vb.pp("encoder"))?,
-            qformer: QFormer::new(cfg, vb.pp("qformer"))?,
-            outproj_ldm: CausalConv3d::same(f, z, (1, 1, 1), vb.pp("outproj_ldm"))?,
+            encoder: Encoder::new(cfg, enc.clone())?,
+            qformer: QFormer::new(cfg, enc.clone())?,
+            outproj_ldm: CausalConv3d::same(f, z, (1, 1, 1), enc.pp("outproj_ldm"))?,
             quant_conv: CausalConv3d::same(z, e, (1, 1, 1), vb.pp("quant_conv"))?,
             fsq: Fsq::new(&cfg.levels),
             post_quant_conv: CausalConv3d::same(e, z, (1, 1, 1), vb.pp("post_quant_conv"))?,

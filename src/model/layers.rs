@@ -241,18 +241,19 @@ impl Downsample {
     }
 }
 
-/// Spatial ×2 upsampling: nearest ×2, then `x + conv1(x)`, then a 1×1 `conv3`.
+/// Spatial ×2 upsampling: nearest ×2, then `x + conv2(x)`, then a 1×1 `conv3`
+/// (the official key names: there is no `conv1`).
 #[derive(Debug, Clone)]
 pub struct Upsample {
-    conv1: CausalConv3d,
+    conv2: CausalConv3d,
     conv3: CausalConv3d,
 }
 
 impl Upsample {
-    /// Loads `conv1` (1×3×3) and `conv3` (1×1×1).
+    /// Loads `conv2` (1×3×3) and `conv3` (1×1×1).
     pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            conv1: CausalConv3d::same(channels, channels, (1, 3, 3), vb.pp("conv1"))?,
+            conv2: CausalConv3d::same(channels, channels, (1, 3, 3), vb.pp("conv2"))?,
             conv3: CausalConv3d::same(channels, channels, (1, 1, 1), vb.pp("conv3"))?,
         })
     }
@@ -264,7 +265,7 @@ impl Upsample {
             .reshape((b * t, c, h, w))?
             .upsample_nearest2d(2 * h, 2 * w)?
             .reshape((b, t, c, 2 * h, 2 * w))?;
-        let up = (&up + self.conv1.forward(&up)?)?;
+        let up = (&up + self.conv2.forward(&up)?)?;
         self.conv3.forward(&up)
     }
 }
@@ -374,13 +375,13 @@ impl TemporalAttention {
 
 /// Causal cross-attention from latent frames to code tokens: latent frame `k`
 /// attends only to the first `codes_per_step · k` code tokens; frame 0 attends
-/// to none and passes through. Keys `norm`, `q`, `k` (Linear), `v` (Linear), `proj_out`.
+/// to none and passes through. Keys `norm`, `q_proj` (1×1×1 conv), `kv_proj` (one
+/// Linear `[2C, code_dim]`, the K rows first, then V) and `proj_out`.
 #[derive(Debug, Clone)]
 pub struct CodeCrossAttention {
     norm: FrameNorm,
-    q: CausalConv3d,
-    k: Linear,
-    v: Linear,
+    q_proj: CausalConv3d,
+    kv_proj: Linear,
     proj_out: CausalConv3d,
     channels: usize,
     codes_per_step: usize,
@@ -396,9 +397,8 @@ impl CodeCrossAttention {
     ) -> Result<Self> {
         Ok(Self {
             norm: FrameNorm::new(channels, vb.pp("norm"))?,
-            q: CausalConv3d::same(channels, channels, (1, 1, 1), vb.pp("q"))?,
-            k: Linear::new(code_dim, channels, vb.pp("k"))?,
-            v: Linear::new(code_dim, channels, vb.pp("v"))?,
+            q_proj: CausalConv3d::same(channels, channels, (1, 1, 1), vb.pp("q_proj"))?,
+            kv_proj: Linear::new(code_dim, 2 * channels, vb.pp("kv_proj"))?,
             proj_out: CausalConv3d::same(channels, channels, (1, 1, 1), vb.pp("proj_out"))?,
             channels,
             codes_per_step,
@@ -409,10 +409,11 @@ impl CodeCrossAttention {
     pub fn forward(&self, x: &Tensor, codes: &Tensor) -> Result<Tensor> {
         let (b, t, c, h, w) = x.dims5()?;
         let l = codes.dim(1)?;
-        let q = self.q.forward(&self.norm.forward(x)?)?;
+        let q = self.q_proj.forward(&self.norm.forward(x)?)?;
         let q = q.reshape((b, t, c, h * w))?.transpose(2, 3)?; // [B, T, HW, C]
-        let k = self.k.forward(codes)?.unsqueeze(1)?; // [B, 1, L, C]
-        let v = self.v.forward(codes)?.unsqueeze(1)?;
+        let kv = self.kv_proj.forward(codes)?; // [B, L, 2C]: K then V
+        let k = kv.narrow(2, 0, c)?.contiguous()?.unsqueeze(1)?; // [B, 1, L, C]
+        let v = kv.narrow(2, c, c)?.contiguous()?.unsqueeze(1)?;
         let mut mask = Vec::with_capacity(t * l);
         let mut gate = Vec::with_capacity(t);
         for frame in 0..t {

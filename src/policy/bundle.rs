@@ -8,11 +8,13 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use super::proprio::ProprioEncoding;
 use super::weights::{
-    save_safetensors_atomic, seeded_var_builder, tmp_path, var_builder, SeededInit, WeightDtype,
-    WeightFile, WeightFormat,
+    build_strict, save_safetensors_atomic, seeded_var_builder, write_atomic, SeededInit,
+    WeightDtype, WeightFile, WeightFormat, DLDM_SKIPPED_PREFIXES,
 };
 use crate::model::ar::{ArConfig, ArTransformer};
 use crate::model::dldm::{Dldm, DldmConfig};
@@ -66,6 +68,11 @@ pub struct Normalization {
     /// Std of each proprio dim.
     #[serde(default)]
     pub proprio_std: Vec<f32>,
+    /// How `robot_obs` becomes the proprio features that `proprio_mean`/`proprio_std`
+    /// normalize and the head reads (`raw` when absent: bundles made before angles
+    /// were encoded).
+    #[serde(default)]
+    pub proprio_encoding: ProprioEncoding,
 }
 
 /// Where a component's weights live.
@@ -83,6 +90,10 @@ pub struct WeightsSpec {
     /// For PyTorch pickles: the nested state-dict key (e.g. `model`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_key: Option<String>,
+    /// Accept keys that the model does not read (they are reported, not loaded).
+    /// By default such a key is an error: it usually means a layout mismatch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unexpected_keys: bool,
 }
 
 /// The dLDM component.
@@ -246,6 +257,22 @@ impl PolicySpec {
                 n.proprio_std.len()
             ));
         }
+        let features = n.proprio_encoding.dim();
+        if !n.proprio_mean.is_empty() && n.proprio_mean.len() != features {
+            return Err(format!(
+                "normalization.proprio_mean: expected {features} values (proprio_encoding {:?}), found {}",
+                n.proprio_encoding,
+                n.proprio_mean.len()
+            ));
+        }
+        if let Some(hc) = &c.head.config {
+            if hc.proprio_dim != 0 && hc.proprio_dim != features {
+                return Err(format!(
+                    "components.head.config.proprio_dim: expected 0 or {features} (proprio_encoding {:?}), found {}",
+                    n.proprio_encoding, hc.proprio_dim
+                ));
+            }
+        }
         let codebook = c.dldm.config.codebook_size();
         if c.ar.config.vocab_size != codebook {
             return Err(format!(
@@ -260,10 +287,10 @@ impl PolicySpec {
                     .config
                     .as_ref()
                     .ok_or("components.head.config: required for kind mlp")?;
-                if hc.visual_dim != c.dldm.config.feature_channels {
+                if hc.visual_dim != c.dldm.config.feature_channels() {
                     return Err(format!(
                         "components.head.config.visual_dim: expected the dLDM feature_channels {}, found {}",
-                        c.dldm.config.feature_channels, hc.visual_dim
+                        c.dldm.config.feature_channels(), hc.visual_dim
                     ));
                 }
                 if hc.codes_per_step != c.dldm.config.num_queries {
@@ -291,12 +318,7 @@ impl PolicySpec {
 
     /// Writes the spec as YAML to `path`, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let text = serde_yaml::to_string(self)?;
-        let tmp = tmp_path(path);
-        std::fs::write(&tmp, text).with_context(|| format!("{}: cannot write", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("{}: cannot rename into place", path.display()))?;
-        Ok(())
+        write_atomic(path, serde_yaml::to_string(self)?.as_bytes())
     }
 }
 
@@ -324,6 +346,8 @@ pub struct ComponentReport {
     pub parameters: usize,
     /// Keys in the file that no layer read.
     pub unused_keys: Vec<String>,
+    /// Keys skipped by rule (outside `network.`, the DiT connector, fixed buffers).
+    pub skipped_keys: usize,
 }
 
 /// A bundle with every component loaded.
@@ -358,21 +382,50 @@ fn open_weights(dir: &Path, w: &WeightsSpec) -> Result<(PathBuf, Arc<WeightFile>
     Ok((path, Arc::new(file)))
 }
 
-fn report(
-    component: &str,
-    kind: &str,
-    path: PathBuf,
-    dtype: WeightDtype,
-    file: &WeightFile,
-) -> Result<ComponentReport> {
-    Ok(ComponentReport {
-        component: component.into(),
-        kind: kind.into(),
+/// One component to load: its report names, and what an error calls it.
+struct ComponentName {
+    component: &'static str,
+    kind: &'static str,
+    what: &'static str,
+}
+
+/// Opens a component's weights, builds it strictly (see [`build_strict`]) and
+/// reports what was loaded from where.
+fn load_component<T>(
+    dir: &Path,
+    w: &WeightsSpec,
+    skip_prefixes: &[&str],
+    device: &Device,
+    name: ComponentName,
+    build: impl Fn(VarBuilder) -> candle_core::Result<T>,
+) -> Result<(T, ComponentReport)> {
+    if w.dtype == WeightDtype::Bf16 && device.is_cpu() {
+        bail!(
+            "{}: dtype bf16: candle cannot compute in bf16 on the CPU (no bf16 matmul); set `dtype: f32` or `f16` (bf16 weights load into either), or run on CUDA",
+            dir.join(&w.weights).display()
+        );
+    }
+    let (path, file) = open_weights(dir, w)?;
+    let (model, keys) = build_strict(
+        &file,
+        skip_prefixes,
+        w.allow_unexpected_keys,
+        w.dtype.dtype(),
+        device,
+        build,
+    )
+    .map_err(|e| anyhow!("{e}"))
+    .with_context(|| format!("loading {} from {}", name.what, path.display()))?;
+    let report = ComponentReport {
+        component: name.component.into(),
+        kind: name.kind.into(),
         file: path,
-        dtype: format!("{dtype:?}").to_lowercase(),
+        dtype: format!("{:?}", w.dtype).to_lowercase(),
         parameters: file.used_parameter_count()?,
-        unused_keys: file.unused_keys(),
-    })
+        unused_keys: keys.unexpected.iter().map(|(k, _)| k.clone()).collect(),
+        skipped_keys: keys.skipped_total(),
+    };
+    Ok((model, report))
 }
 
 impl LoadedPolicy {
@@ -388,35 +441,50 @@ impl LoadedPolicy {
         let c = &spec.components;
         let mut reports = Vec::new();
 
-        let (p, f) = open_weights(&dir, &c.dldm.weights)?;
-        let dldm = Dldm::new(
-            &c.dldm.config,
-            var_builder(f.clone(), c.dldm.weights.dtype.dtype(), device),
-        )
-        .map_err(|e| anyhow!("{e}"))
-        .with_context(|| format!("loading the dLDM from {}", p.display()))?;
-        reports.push(report("dldm", "dldm", p, c.dldm.weights.dtype, &f)?);
+        let (dldm, r) = load_component(
+            &dir,
+            &c.dldm.weights,
+            DLDM_SKIPPED_PREFIXES,
+            device,
+            ComponentName {
+                component: "dldm",
+                kind: "dldm",
+                what: "the dLDM",
+            },
+            |vb| Dldm::new(&c.dldm.config, vb),
+        )?;
+        reports.push(r);
 
-        let (p, f) = open_weights(&dir, &c.ar.weights)?;
-        let ar = ArTransformer::new(
-            &c.ar.config,
-            var_builder(f.clone(), c.ar.weights.dtype.dtype(), device),
-        )
-        .map_err(|e| anyhow!("{e}"))
-        .with_context(|| format!("loading the AR transformer from {}", p.display()))?;
-        reports.push(report("ar", "ar-transformer", p, c.ar.weights.dtype, &f)?);
+        let (ar, r) = load_component(
+            &dir,
+            &c.ar.weights,
+            &[],
+            device,
+            ComponentName {
+                component: "ar",
+                kind: "ar-transformer",
+                what: "the AR transformer",
+            },
+            |vb| ArTransformer::new(&c.ar.config, vb),
+        )?;
+        reports.push(r);
 
         let head = match c.head.kind {
             HeadKind::Mlp => {
                 let hc = c.head.config.as_ref().expect("validated");
-                let (p, f) = open_weights(&dir, &c.head.weights)?;
-                let head = ActionHead::new(
-                    hc,
-                    var_builder(f.clone(), c.head.weights.dtype.dtype(), device),
-                )
-                .map_err(|e| anyhow!("{e}"))
-                .with_context(|| format!("loading the action head from {}", p.display()))?;
-                reports.push(report("head", "mlp", p, c.head.weights.dtype, &f)?);
+                let (head, r) = load_component(
+                    &dir,
+                    &c.head.weights,
+                    &[],
+                    device,
+                    ComponentName {
+                        component: "head",
+                        kind: "mlp",
+                        what: "the action head",
+                    },
+                    |vb| ActionHead::new(hc, vb),
+                )?;
+                reports.push(r);
                 Head::Mlp(head)
             }
             HeadKind::Onnx => {
@@ -429,6 +497,7 @@ impl LoadedPolicy {
                     dtype: "f32".into(),
                     parameters: onnx_parameter_count(&head),
                     unused_keys: vec![],
+                    skipped_keys: 0,
                 });
                 Head::Onnx(Box::new(head))
             }
@@ -511,7 +580,7 @@ impl RandomPolicySizes {
             rope_theta: 10000.0,
             qk_norm: true,
             max_seq_len: 256,
-            visual_feature_dim: dldm.feature_channels,
+            visual_feature_dim: dldm.feature_channels(),
             num_visual_tokens: 4,
             instruction_dim: 32,
             codes_per_step: dldm.num_queries,
@@ -520,8 +589,8 @@ impl RandomPolicySizes {
             vocab_size: dldm.codebook_size(),
             codes_per_step: dldm.num_queries,
             code_embed_dim: 8,
-            visual_dim: dldm.feature_channels,
-            proprio_dim: 15,
+            visual_dim: dldm.feature_channels(),
+            proprio_dim: ProprioEncoding::EulerSincos.dim(),
             hidden: vec![64],
             chunk: 4,
         };
@@ -559,6 +628,7 @@ pub fn create_random_policy(
         format: Some(WeightFormat::Safetensors),
         dtype: WeightDtype::F32,
         state_key: None,
+        allow_unexpected_keys: false,
     };
     let spec = PolicySpec {
         name: name.into(),
@@ -576,6 +646,7 @@ pub fn create_random_policy(
             action_std: vec![1.0; ACTION_DIM],
             proprio_mean: vec![0.0; sizes.head.proprio_dim],
             proprio_std: vec![1.0; sizes.head.proprio_dim],
+            proprio_encoding: ProprioEncoding::EulerSincos,
         },
         components: Components {
             dldm: DldmSpec {

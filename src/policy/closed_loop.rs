@@ -370,11 +370,6 @@ impl Policy {
         if want == 0 {
             return Ok(None);
         }
-        ensure!(
-            proprio.len() == want,
-            "proprio: expected {want} values, found {}",
-            proprio.len()
-        );
         if let Some(i) = proprio.iter().position(|v| !v.is_finite()) {
             bail!(
                 "proprio[{i}]: expected a finite value, found {}",
@@ -382,16 +377,16 @@ impl Policy {
             );
         }
         let norm = &self.bundle.spec.normalization;
-        let v: Vec<f32> = proprio
-            .iter()
-            .enumerate()
-            .map(
-                |(i, &p)| match (norm.proprio_mean.get(i), norm.proprio_std.get(i)) {
-                    (Some(m), Some(s)) => ((p as f32) - m) / s,
-                    _ => p as f32,
-                },
-            )
-            .collect();
+        let v = norm
+            .proprio_encoding
+            .normalized(proprio, &norm.proprio_mean, &norm.proprio_std)
+            .map_err(|e| anyhow!("proprio: {e}"))?;
+        ensure!(
+            v.len() == want,
+            "proprio: the head takes {want} features, the encoding {:?} makes {}",
+            norm.proprio_encoding,
+            v.len()
+        );
         Ok(Some(Tensor::from_vec(v, (1, want), &self.device)?))
     }
 

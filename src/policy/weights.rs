@@ -3,20 +3,21 @@
 //!
 //! Every error names the file, the key, and the expected and found shapes.
 //!
-//! ## Key map for official PyTorch checkpoints
-//! | checkpoint key                   | our key                  |
-//! |----------------------------------|--------------------------|
-//! | `network.encoder.*`              | `encoder.*`              |
-//! | `network.qformer.*`              | `qformer.*`              |
-//! | `network.outproj_ldm.*`          | `outproj_ldm.*`          |
-//! | `network.quant_conv.*`           | `quant_conv.*`           |
-//! | `network.post_quant_conv.*`      | `post_quant_conv.*`      |
-//! | `network.decoder.*`              | `decoder.*`              |
-//! | `network.quant_to_dit_dim.*`     | ignored (DiT connector)  |
-//! | anything without `network.`      | ignored (optimizer, EMA) |
+//! ## Key names
+//! Our dLDM's parameter names are the official VideoWorld 2 names below the
+//! checkpoint's `network.` prefix (`encoder.*` with the QFormer inside it,
+//! `quant_conv.*`, `post_quant_conv.*`, `decoder.*`; `shared/design` has the full
+//! list). A file whose keys carry `network.` (an official checkpoint, `.pt` or
+//! `.safetensors`) is read with the prefix stripped, and its keys without the
+//! prefix (optimizer, EMA, trainer state) are outside the model: skipped and
+//! counted. A file without the prefix (our bundles) is read as it is.
 //!
-//! Convs keep the official `*.conv3d.{weight,bias}` names and norms
-//! `*.norm.{weight,bias}`, so nothing below the prefix is renamed.
+//! Loading is strict ([`build_strict`]): the model is first built on a backend
+//! that only records what it asks for, the file is compared with that, and one
+//! error lists every missing, unexpected and mis-shaped key, grouped by module.
+//! Keys a component never uses (for the dLDM: the DiT connector
+//! `quant_to_dit_dim.*` and the Haar patchers' fixed buffers) are skipped and
+//! counted, never an error.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -76,17 +77,33 @@ impl WeightDtype {
     }
 }
 
-/// Maps an official checkpoint key to ours; `None` means "ignore this key".
-pub fn map_official_key(key: &str) -> Option<String> {
-    let rest = key.strip_prefix("network.")?;
-    if rest.starts_with("quant_to_dit_dim.") {
-        return None;
+/// The prefix of the dLDM's keys in official VideoWorld 2 checkpoints.
+pub const OFFICIAL_PREFIX: &str = "network.";
+
+/// Key prefixes (after `network.`) that the dLDM never reads: the DiT connector
+/// and the fixed Haar buffers of the patcher and unpatcher.
+pub const DLDM_SKIPPED_PREFIXES: &[&str] = &[
+    "quant_to_dit_dim.",
+    "encoder.patcher3d.",
+    "decoder.unpatcher3d.",
+];
+
+/// Places the keys of a file: with `official` (some key starts with `network.`),
+/// `network.X` becomes `X` and every other key is outside the model (`None`).
+fn place_key(key: &str, official: bool) -> Option<&str> {
+    if official {
+        key.strip_prefix(OFFICIAL_PREFIX)
+    } else {
+        Some(key)
     }
-    Some(rest.to_string())
 }
 
 enum Source {
-    Mmap(candle_core::safetensors::MmapedSafetensors),
+    /// Memory-mapped safetensors, with our key → the file's key.
+    Mmap(
+        candle_core::safetensors::MmapedSafetensors,
+        HashMap<String, String>,
+    ),
     Map(HashMap<String, Tensor>),
 }
 
@@ -96,6 +113,8 @@ pub struct WeightFile {
     path: PathBuf,
     source: Source,
     keys: Vec<String>,
+    shapes: HashMap<String, Vec<usize>>,
+    outside: Vec<String>,
     used: Mutex<HashSet<String>>,
 }
 
@@ -115,33 +134,42 @@ impl WeightFile {
         if !path.exists() {
             return Err(err(format!("{shown}: weight file not found")));
         }
-        let (source, keys) = match format {
+        let mut shapes = HashMap::new();
+        let mut outside = Vec::new();
+        let source = match format {
             WeightFormat::Safetensors => {
                 // SAFETY: the file is mapped read-only; we never write to it while mapped.
                 let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
                     .map_err(|e| err(format!("{shown}: not a readable safetensors file: {e}")))?;
-                let keys = st.tensors().into_iter().map(|(k, _)| k).collect();
-                (Source::Mmap(st), keys)
+                let all = st.tensors();
+                let official = all.iter().any(|(k, _)| k.starts_with(OFFICIAL_PREFIX));
+                let mut names = HashMap::new();
+                for (k, view) in all {
+                    match place_key(&k, official) {
+                        Some(ours) => {
+                            shapes.insert(ours.to_string(), view.shape().to_vec());
+                            names.insert(ours.to_string(), k.clone());
+                        }
+                        None => outside.push(k.clone()),
+                    }
+                }
+                Source::Mmap(st, names)
             }
             WeightFormat::Pytorch => {
                 let all = candle_core::pickle::read_all_with_key(path, state_key)
                     .map_err(|e| err(format!("{shown}: not a readable PyTorch checkpoint: {e}")))?;
+                let official = all.iter().any(|(k, _)| k.starts_with(OFFICIAL_PREFIX));
                 let mut map = HashMap::new();
                 for (k, t) in all {
-                    match map_official_key(&k) {
+                    match place_key(&k, official) {
                         Some(ours) => {
-                            map.insert(ours, t);
+                            shapes.insert(ours.to_string(), t.dims().to_vec());
+                            map.insert(ours.to_string(), t);
                         }
-                        None => tracing::debug!(file = %shown, key = %k, "ignoring checkpoint key"),
+                        None => outside.push(k),
                     }
                 }
-                if map.is_empty() {
-                    return Err(err(format!(
-                        "{shown}: no key starts with 'network.' (expected an official VideoWorld 2 dLDM checkpoint)"
-                    )));
-                }
-                let keys = map.keys().cloned().collect();
-                (Source::Map(map), keys)
+                Source::Map(map)
             }
             WeightFormat::Onnx => {
                 return Err(err(format!(
@@ -149,12 +177,28 @@ impl WeightFile {
                 )))
             }
         };
-        let mut keys: Vec<String> = keys;
+        if shapes.is_empty() {
+            return Err(err(format!(
+                "{shown}: holds no tensor{}",
+                if outside.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " under '{OFFICIAL_PREFIX}' (found {} keys outside it)",
+                        outside.len()
+                    )
+                }
+            )));
+        }
+        let mut keys: Vec<String> = shapes.keys().cloned().collect();
         keys.sort();
+        outside.sort();
         Ok(Self {
             path: path.to_path_buf(),
             source,
             keys,
+            shapes,
+            outside,
             used: Mutex::new(HashSet::new()),
         })
     }
@@ -178,6 +222,21 @@ impl WeightFile {
     /// Every key in the file (after the key map), sorted.
     pub fn keys(&self) -> &[String] {
         &self.keys
+    }
+
+    /// The shape of `key` (after the key map), if the file holds it.
+    pub fn shape_of(&self, key: &str) -> Option<&[usize]> {
+        self.shapes.get(key).map(Vec::as_slice)
+    }
+
+    /// The tensor stored under `key` (after the key map), in its stored dtype.
+    pub fn tensor(&self, key: &str) -> candle_core::Result<Tensor> {
+        self.raw(key)
+    }
+
+    /// Keys of an official checkpoint outside `network.` (optimizer, EMA, trainer state).
+    pub fn outside_keys(&self) -> &[String] {
+        &self.outside
     }
 
     /// Keys that the model never asked for (usually a key-map mistake).
@@ -209,12 +268,12 @@ impl WeightFile {
     fn raw(&self, name: &str) -> candle_core::Result<Tensor> {
         let shown = self.path.display();
         match &self.source {
-            Source::Mmap(st) => {
-                if !self.keys.iter().any(|k| k == name) {
+            Source::Mmap(st, names) => {
+                let Some(file_key) = names.get(name) else {
                     return Err(err(format!("{shown}: missing key '{name}'")));
-                }
-                st.load(name, &Device::Cpu)
-                    .map_err(|e| err(format!("{shown}: key '{name}' cannot be read: {e}")))
+                };
+                st.load(file_key, &Device::Cpu)
+                    .map_err(|e| err(format!("{shown}: key '{file_key}' cannot be read: {e}")))
             }
             Source::Map(m) => m
                 .get(name)
@@ -232,7 +291,7 @@ impl WeightFile {
     ) -> candle_core::Result<Tensor> {
         let shown = self.path.display();
         let t = self.raw(name).map_err(|e| match expected {
-            Some(s) if !self.keys.iter().any(|k| k == name) => err(format!(
+            Some(s) if !self.shapes.contains_key(name) => err(format!(
                 "{shown}: missing key '{name}' (expected shape {:?})",
                 s.dims()
             )),
@@ -285,8 +344,191 @@ impl SimpleBackend for WeightFile {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.keys.iter().any(|k| k == name)
+        self.shapes.contains_key(name)
     }
+}
+
+/// What a model asks of its weights: key → shape, in the order of the keys.
+pub type ExpectedKeys = BTreeMap<String, Vec<usize>>;
+
+/// A `VarBuilder` backend that serves zeros (without allocating them) and records
+/// the name and shape of every tensor asked for.
+struct ShapeRecorder {
+    seen: Mutex<ExpectedKeys>,
+}
+
+impl SimpleBackend for ShapeRecorder {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.seen
+            .lock()
+            .expect("shape recorder poisoned")
+            .insert(name.to_string(), s.dims().to_vec());
+        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        Err(err(format!(
+            "'{name}': the model asked for a tensor without a shape"
+        )))
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+/// Every key and shape that `build` reads from its `VarBuilder`, found by building
+/// it on zeros that are never allocated (cheap even at the official size).
+pub fn expected_keys<T>(
+    dtype: DType,
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<T>,
+) -> candle_core::Result<ExpectedKeys> {
+    let rec = std::sync::Arc::new(ShapeRecorder {
+        seen: Mutex::new(BTreeMap::new()),
+    });
+    let vb = VarBuilder::from_backend(Box::new(ArcBackend(rec.clone())), dtype, Device::Cpu);
+    build(vb)?;
+    let seen = rec.seen.lock().expect("shape recorder poisoned").clone();
+    Ok(seen)
+}
+
+/// How a weight file's keys compare with what a model reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct KeyReport {
+    /// Keys the model reads that the file lacks, with the expected shape.
+    pub missing: Vec<(String, Vec<usize>)>,
+    /// Keys in the file that the model does not read (and no skip rule covers), with their shape.
+    pub unexpected: Vec<(String, Vec<usize>)>,
+    /// Keys in both whose shapes differ: (key, expected, found).
+    pub misshaped: Vec<(String, Vec<usize>, Vec<usize>)>,
+    /// Keys skipped by rule, counted per rule (`network.`-less keys under `outside network.`).
+    pub skipped: BTreeMap<String, usize>,
+    /// Keys placed: read by the model with the right shape.
+    pub placed: usize,
+}
+
+/// The module a key belongs to, for grouping: its path without the last two parts
+/// (`encoder.down.0.block.1.conv1.0.conv3d.weight` → `encoder.down.0.block.1.conv1`),
+/// at most five parts deep.
+fn module_of(key: &str) -> String {
+    let parts: Vec<&str> = key.split('.').collect();
+    let keep = parts.len().saturating_sub(2).clamp(1, 5);
+    parts[..keep].join(".")
+}
+
+impl KeyReport {
+    /// Compares `file` with `expected`; keys under `skip_prefixes` are counted, not checked.
+    pub fn compare(file: &WeightFile, expected: &ExpectedKeys, skip_prefixes: &[&str]) -> Self {
+        let mut r = KeyReport::default();
+        if !file.outside_keys().is_empty() {
+            r.skipped.insert(
+                format!("outside {OFFICIAL_PREFIX}"),
+                file.outside_keys().len(),
+            );
+        }
+        for key in file.keys() {
+            if expected.contains_key(key) {
+                continue;
+            }
+            match skip_prefixes.iter().find(|p| key.starts_with(*p)) {
+                Some(p) => *r.skipped.entry(format!("{p}*")).or_insert(0) += 1,
+                None => r
+                    .unexpected
+                    .push((key.clone(), file.shape_of(key).unwrap_or_default().to_vec())),
+            }
+        }
+        for (key, want) in expected {
+            match file.shape_of(key) {
+                None => r.missing.push((key.clone(), want.clone())),
+                Some(found) if found != want.as_slice() => {
+                    r.misshaped
+                        .push((key.clone(), want.clone(), found.to_vec()))
+                }
+                Some(_) => r.placed += 1,
+            }
+        }
+        r
+    }
+
+    /// True when nothing is missing or mis-shaped, and nothing unexpected unless allowed.
+    pub fn is_ok(&self, allow_unexpected: bool) -> bool {
+        self.missing.is_empty()
+            && self.misshaped.is_empty()
+            && (allow_unexpected || self.unexpected.is_empty())
+    }
+
+    /// Keys skipped by rule, in all.
+    pub fn skipped_total(&self) -> usize {
+        self.skipped.values().sum()
+    }
+
+    /// The problems, grouped by module, one line each.
+    pub fn describe(&self) -> String {
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (k, s) in &self.missing {
+            groups
+                .entry(module_of(k))
+                .or_default()
+                .push(format!("missing     {k} (expected {s:?})"));
+        }
+        for (k, s) in &self.unexpected {
+            groups
+                .entry(module_of(k))
+                .or_default()
+                .push(format!("unexpected  {k} (found {s:?})"));
+        }
+        for (k, want, found) in &self.misshaped {
+            groups.entry(module_of(k)).or_default().push(format!(
+                "mis-shaped  {k}: expected {want:?}, found {found:?}"
+            ));
+        }
+        let mut out = format!(
+            "{} missing, {} unexpected, {} mis-shaped ({} placed, {} skipped)",
+            self.missing.len(),
+            self.unexpected.len(),
+            self.misshaped.len(),
+            self.placed,
+            self.skipped_total()
+        );
+        for (module, lines) in groups {
+            out.push_str(&format!("\n  {module}:"));
+            for l in lines {
+                out.push_str(&format!("\n    {l}"));
+            }
+        }
+        out
+    }
+}
+
+/// Builds a model from `file` strictly: every key the model reads must be there
+/// with its shape, and (unless `allow_unexpected`) every key in the file must be
+/// read or skipped by `skip_prefixes`. On failure one error lists every problem.
+pub fn build_strict<T>(
+    file: &std::sync::Arc<WeightFile>,
+    skip_prefixes: &[&str],
+    allow_unexpected: bool,
+    dtype: DType,
+    dev: &Device,
+    build: impl Fn(VarBuilder) -> candle_core::Result<T>,
+) -> candle_core::Result<(T, KeyReport)> {
+    let expected = expected_keys(dtype, &build)?;
+    let report = KeyReport::compare(file, &expected, skip_prefixes);
+    if !report.is_ok(allow_unexpected) {
+        return Err(err(format!(
+            "{}: the weights do not fit the model: {}",
+            file.path().display(),
+            report.describe()
+        )));
+    }
+    let model = build(var_builder(file.clone(), dtype, dev))?;
+    Ok((model, report))
 }
 
 /// A `VarBuilder` over a validated weight file. Keep the `Arc` to ask which
@@ -299,9 +541,11 @@ pub fn var_builder(
     VarBuilder::from_backend(Box::new(ArcBackend(file)), dtype, dev.clone())
 }
 
-struct ArcBackend(std::sync::Arc<WeightFile>);
+/// A backend shared behind an `Arc`, so its owner can ask it things after the
+/// `VarBuilder` that took it is gone.
+struct ArcBackend<B>(std::sync::Arc<B>);
 
-impl SimpleBackend for ArcBackend {
+impl<B: SimpleBackend> SimpleBackend for ArcBackend<B> {
     fn get(
         &self,
         s: Shape,
@@ -427,6 +671,25 @@ pub fn save_safetensors_atomic(
     candle_core::safetensors::save(&map, &tmp)?;
     std::fs::rename(&tmp, path)
         .map_err(|e| err(format!("{}: cannot rename into place: {e}", path.display())))?;
+    Ok(())
+}
+
+/// Writes `bytes` to `path` via a temp file, fsync and rename; on failure the temp
+/// file is removed and `path` keeps what it had.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let tmp = tmp_path(path);
+    let res = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::bail!("{}: cannot write: {e}", path.display());
+    }
     Ok(())
 }
 

@@ -468,7 +468,7 @@ pub fn default_head_config(dldm: &crate::model::dldm::DldmConfig) -> HeadConfig 
     let mut h = RandomPolicySizes::tiny().head;
     h.vocab_size = dldm.codebook_size();
     h.codes_per_step = dldm.num_queries;
-    h.visual_dim = dldm.feature_channels;
+    h.visual_dim = dldm.feature_channels();
     h.chunk = dldm.patch_size;
     h
 }
@@ -492,6 +492,7 @@ fn write_untrained_bundle(
     let normalization = normalization_for(
         &ds,
         head_cfg.proprio_dim,
+        super::head::TRAINED_PROPRIO_ENCODING,
         ActionNormalization::Identity,
         None,
     )?;

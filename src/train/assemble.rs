@@ -18,7 +18,10 @@ use crate::policy::bundle::{
     ActionKind, ActionSpace, ArSpec, Components, DldmSpec, HeadKind, HeadSpec, Normalization,
     PolicySpec, WeightsSpec,
 };
-use crate::policy::weights::{var_builder, WeightDtype, WeightFile, WeightFormat};
+use crate::policy::proprio::ProprioEncoding;
+use crate::policy::weights::{
+    build_strict, WeightDtype, WeightFile, WeightFormat, DLDM_SKIPPED_PREFIXES,
+};
 
 /// One component's sizes and weight file.
 #[derive(Debug, Clone)]
@@ -33,6 +36,8 @@ pub struct ComponentSource<C> {
     pub dtype: WeightDtype,
     /// Nested state-dict key (PyTorch files).
     pub state_key: Option<String>,
+    /// Accept keys the model does not read (see [`WeightsSpec::allow_unexpected_keys`]).
+    pub allow_unexpected_keys: bool,
 }
 
 impl<C> ComponentSource<C> {
@@ -44,6 +49,7 @@ impl<C> ComponentSource<C> {
             format: Some(WeightFormat::Safetensors),
             dtype: WeightDtype::F32,
             state_key: None,
+            allow_unexpected_keys: false,
         }
     }
 
@@ -55,6 +61,7 @@ impl<C> ComponentSource<C> {
             format: w.format,
             dtype: w.dtype,
             state_key: w.state_key.clone(),
+            allow_unexpected_keys: w.allow_unexpected_keys,
         }
     }
 }
@@ -128,6 +135,7 @@ fn place<C>(out: &Path, stem: &str, src: &ComponentSource<C>) -> Result<WeightsS
         format: src.format.or_else(|| WeightFormat::from_path(&src.weights)),
         dtype: src.dtype,
         state_key: src.state_key.clone(),
+        allow_unexpected_keys: src.allow_unexpected_keys,
     })
 }
 
@@ -198,19 +206,21 @@ fn mean_std(rows: &[Vec<f64>]) -> (Vec<f64>, Vec<f64>) {
     (mean, var.into_iter().map(f64::sqrt).collect())
 }
 
-/// Normalization statistics for a bundle trained on `ds`: proprio (robot_obs)
-/// from `statistics.yaml` when present, else computed over `frames` (or every
-/// frame); actions as `action_norm` says (identity, or the `rel_actions`
-/// statistics for xyz/euler with the gripper kept at mean 0, std 1).
-/// `proprio_dim` 0 leaves the proprio statistics empty.
+/// Normalization statistics for a bundle trained on `ds`: proprio features (of
+/// `encoding`) computed over `frames` (or every frame), or for the raw encoding
+/// read from `statistics.yaml` when present; actions as `action_norm` says
+/// (identity, or the `rel_actions` statistics for xyz/euler with the gripper
+/// kept at mean 0, std 1). `proprio_dim` 0 leaves the proprio statistics empty.
 pub fn normalization_for(
     ds: &CalvinDataset,
     proprio_dim: usize,
+    encoding: ProprioEncoding,
     action_norm: ActionNormalization,
     frames: Option<&[usize]>,
 ) -> Result<Normalization> {
     let stats = ds.statistics();
-    let need_proprio = proprio_dim > 0 && stats.is_none();
+    let raw_stats = stats.filter(|_| encoding == ProprioEncoding::Raw);
+    let need_proprio = proprio_dim > 0 && raw_stats.is_none();
     let need_actions = action_norm == ActionNormalization::Dataset
         && stats.and_then(|s| s.rel_actions.as_ref()).is_none();
     let mut proprio_rows = Vec::new();
@@ -222,20 +232,24 @@ pub fn normalization_for(
         };
         for i in all {
             let (p, a) = super::data::read_proprio_and_action(&ds.frame_path(i))?;
-            proprio_rows.push(p);
+            proprio_rows.push(
+                encoding
+                    .features(&p)
+                    .map_err(|e| anyhow!("{}: {e}", ds.frame_path(i).display()))?,
+            );
             action_rows.push(a);
         }
     }
     let (pm, ps) = if proprio_dim == 0 {
         (vec![], vec![])
-    } else if let Some(s) = stats {
+    } else if let Some(s) = raw_stats {
         (s.robot_obs.mean.clone(), s.robot_obs.std.clone())
     } else {
         mean_std(&proprio_rows)
     };
     if proprio_dim > 0 && pm.len() != proprio_dim {
         bail!(
-            "{}: robot_obs statistics have {} dims, the head's proprio_dim is {proprio_dim}",
+            "{}: proprio statistics have {} dims, the head's proprio_dim is {proprio_dim}",
             ds.dir().display(),
             pm.len()
         );
@@ -264,6 +278,7 @@ pub fn normalization_for(
         action_std: asd.into_iter().map(safe_std).collect(),
         proprio_mean: pm.iter().map(|&v| v as f32).collect(),
         proprio_std: ps.into_iter().map(safe_std).collect(),
+        proprio_encoding: encoding,
     })
 }
 
@@ -323,7 +338,15 @@ impl DldmSource {
             c.state_key.as_deref(),
         )?);
         // Training-time encoding always runs in f32, whatever the bundle's dtype.
-        Dldm::new(&c.config, var_builder(file, DType::F32, dev))
-            .map_err(|e| anyhow!("loading the dLDM from {}: {e}", c.weights.display()))
+        let (dldm, _) = build_strict(
+            &file,
+            DLDM_SKIPPED_PREFIXES,
+            c.allow_unexpected_keys,
+            DType::F32,
+            dev,
+            |vb| Dldm::new(&c.config, vb),
+        )
+        .map_err(|e| anyhow!("loading the dLDM from {}: {e}", c.weights.display()))?;
+        Ok(dldm)
     }
 }

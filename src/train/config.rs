@@ -9,9 +9,8 @@
 //!
 //! ```yaml
 //! ldm:
-//!   model: {channels: 8, channels_mult: [1, 2], num_res_blocks: 1, resolution: 32,
-//!           feature_channels: 16, z_channels: 8, qformer_heads: 2, qformer_head_dim: 4,
-//!           qformer_mlp_dim: 32}      # a DldmConfig; unset keys: official sizes
+//!   model: {preset: tiny}             # a DldmConfig: a preset (videoworld2 when unset)
+//!                                     # and any size overriding it
 //!   image_size: [32, 32]
 //!   clip_latent_steps: 2              # clips of T = 1 + 4·2 = 9 frames (fewer if no episode fits)
 //!   clip_stride: 4
@@ -259,7 +258,7 @@ impl ArStageConfig {
             None => {
                 let mut m = RandomPolicySizes::tiny().ar;
                 m.vocab_size = dldm.codebook_size();
-                m.visual_feature_dim = dldm.feature_channels;
+                m.visual_feature_dim = dldm.feature_channels();
                 m.codes_per_step = dldm.num_queries;
                 m
             }
@@ -268,7 +267,7 @@ impl ArStageConfig {
             ("vocab_size", dldm.codebook_size(), cfg.vocab_size),
             (
                 "visual_feature_dim",
-                dldm.feature_channels,
+                dldm.feature_channels(),
                 cfg.visual_feature_dim,
             ),
             ("codes_per_step", dldm.num_queries, cfg.codes_per_step),

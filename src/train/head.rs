@@ -28,6 +28,10 @@ use super::assemble::{
     assemble_bundle, normalization_for, BundleParts, ComponentSource, DldmSource,
 };
 use super::config::{GripperLoss, HeadStageConfig};
+use crate::policy::proprio::ProprioEncoding;
+
+/// The proprio encoding of the heads this trainer makes: the tcp angles as sin/cos.
+pub const TRAINED_PROPRIO_ENCODING: ProprioEncoding = ProprioEncoding::EulerSincos;
 use super::data::{label_subset, read_proprio_and_action, split_episodes, EncodedSegment};
 use super::ldm::{init_seed, seeded_varmap};
 use super::run::{train_loop, varmap_tensors, write_atomic, RunOptions, TrainReport};
@@ -90,24 +94,19 @@ pub fn head_windows(
             for c in 0..s {
                 let (obs, act) = read_proprio_and_action(&ds.frame_path(frame + c))?;
                 if c == 0 && head.proprio_dim > 0 {
-                    if obs.len() != head.proprio_dim {
+                    proprio = norm
+                        .proprio_encoding
+                        .normalized(&obs, &norm.proprio_mean, &norm.proprio_std)
+                        .map_err(|e| anyhow!("{}: {e}", ds.frame_path(frame).display()))?;
+                    if proprio.len() != head.proprio_dim {
                         bail!(
-                            "{}: robot_obs has {} values, the head's proprio_dim is {}",
+                            "{}: the proprio encoding {:?} makes {} features, the head's proprio_dim is {}",
                             ds.frame_path(frame).display(),
-                            obs.len(),
+                            norm.proprio_encoding,
+                            proprio.len(),
                             head.proprio_dim
                         );
                     }
-                    proprio = obs
-                        .iter()
-                        .enumerate()
-                        .map(
-                            |(i, &p)| match (norm.proprio_mean.get(i), norm.proprio_std.get(i)) {
-                                (Some(m), Some(sd)) => ((p as f32) - m) / sd,
-                                _ => p as f32,
-                            },
-                        )
-                        .collect();
                 }
                 raw.extend(act.iter().map(|&a| a as f32));
             }
@@ -386,17 +385,17 @@ fn resolve_head_config(cfg: &HeadStageConfig, spec: &PolicySpec) -> Result<HeadC
     for (field, want, found) in [
         ("vocab_size", dldm.codebook_size(), h.vocab_size),
         ("codes_per_step", dldm.num_queries, h.codes_per_step),
-        ("visual_dim", dldm.feature_channels, h.visual_dim),
+        ("visual_dim", dldm.feature_channels(), h.visual_dim),
         ("chunk", spec.steps_per_latent, h.chunk),
     ] {
         if want != found {
             bail!("head config: model.{field}: expected {want} (from the bundle), found {found}");
         }
     }
-    if h.proprio_dim != 0 && h.proprio_dim != crate::data::calvin::ROBOT_OBS_DIM {
+    let features = TRAINED_PROPRIO_ENCODING.dim();
+    if h.proprio_dim != 0 && h.proprio_dim != features {
         bail!(
-            "head config: model.proprio_dim: expected 0 or {} (robot_obs), found {}",
-            crate::data::calvin::ROBOT_OBS_DIM,
+            "head config: model.proprio_dim: expected 0 or {features} (robot_obs with the tcp angles as sin/cos), found {}",
             h.proprio_dim
         );
     }
@@ -459,6 +458,7 @@ pub fn finetune_head(opts: &HeadTrainOptions) -> Result<HeadTrainResult> {
     let norm = normalization_for(
         &ds,
         head_cfg.proprio_dim,
+        TRAINED_PROPRIO_ENCODING,
         opts.config.action_normalization,
         Some(&label_frames),
     )?;

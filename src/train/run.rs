@@ -133,22 +133,7 @@ pub fn batch_for_step(items: usize, batch_size: usize, seed: u64, step: u64) -> 
     (epoch, order[b * bs..(b + 1) * bs].to_vec())
 }
 
-/// Writes `text` to `path` via a temp file, fsync and rename.
-pub fn write_atomic(path: &Path, text: &[u8]) -> Result<()> {
-    let tmp = crate::policy::weights::tmp_path(path);
-    let res = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        bail!("{}: cannot write: {e}", path.display());
-    }
-    Ok(())
-}
+pub use crate::policy::weights::write_atomic;
 
 fn save_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
     let map: HashMap<String, Tensor> = tensors
