@@ -284,3 +284,49 @@ fn temporal_ensembling_averages_the_chunks_of_a_latent_step() {
         }
     }
 }
+
+#[test]
+fn a_head_with_the_instruction_and_keypoints_acts_on_the_instruction() {
+    use vw2_policy::model::head::VisualPool;
+    use vw2_policy::policy::{create_random_policy, RandomPolicySizes};
+    let d = tempfile::tempdir().unwrap();
+    let mut sizes = RandomPolicySizes::tiny();
+    let f = sizes.dldm.feature_channels();
+    sizes.head.visual_pool = VisualPool::Keypoints;
+    sizes.head.visual_dim = VisualPool::Keypoints.width(f);
+    sizes.head.instruction_dim = 16;
+    create_random_policy(d.path(), "instr", 3, &sizes).unwrap();
+    let bundle = LoadedPolicy::load(d.path(), &Device::Cpu).unwrap();
+    // The head itself: same codes and visual input, two instructions, two actions.
+    let dev = Device::Cpu;
+    let idx = candle_core::Tensor::new(&[[1u32, 2, 3, 4]], &dev).unwrap();
+    let map = candle_core::Tensor::randn(0f32, 1.0, (1, 1, f, 4, 4), &dev).unwrap();
+    let visual = bundle.head_visual(&map).unwrap();
+    assert_eq!(visual.dims(), &[1, 3 * f]);
+    let proprio = candle_core::Tensor::zeros((1, 18), candle_core::DType::F32, &dev).unwrap();
+    let act = |text: &str| {
+        let ins = bundle.head_instruction(text, &dev).unwrap();
+        assert_eq!(ins.as_ref().map(|t| t.dims().to_vec()), Some(vec![1, 16]));
+        bundle
+            .head_forward(&idx, &visual, Some(&proprio), ins.as_ref())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert_ne!(act("open the drawer"), act("close the drawer"));
+    assert_eq!(act("open the drawer"), act("Open the drawer."));
+    // Through the closed loop: the first plan follows the instruction.
+    let mut p = Policy::new(bundle, PolicyOptions::default(), Device::Cpu).unwrap();
+    let mut first = |text: &str| {
+        p.reset(text).unwrap();
+        p.observe(&frame(0), &[0.1; 15], 0.0)
+            .unwrap()
+            .expect("a plan at frame 0")
+            .actions
+    };
+    let open = first("open the drawer");
+    assert_eq!(open, first("open the drawer"));
+    assert_ne!(open, first("close the drawer"));
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use vw2_policy::model::dldm::{Dldm, DldmConfig};
-use vw2_policy::model::head::{ActionHead, HeadConfig};
+use vw2_policy::model::head::{pool_features, ActionHead, HeadConfig, VisualPool};
 use vw2_policy::policy::weights::{seeded_var_builder, SeededInit};
 
 fn tiny_model(seed: u64) -> Dldm {
@@ -194,18 +194,23 @@ fn gradients_reach_the_action_head_inputs() {
         vocab_size: 1000,
         codes_per_step: 4,
         code_embed_dim: 8,
-        visual_dim: 16,
+        visual_dim: 48,
+        visual_pool: VisualPool::Keypoints,
         proprio_dim: 15,
+        instruction_dim: 8,
         hidden: vec![32, 32],
         chunk: 4,
     };
     let head = ActionHead::new(&cfg, vb).unwrap();
     let idx = Tensor::new(&[[1u32, 2, 3, 4], [5, 6, 7, 8]], &Device::Cpu).unwrap();
-    let visual =
-        Var::from_tensor(&Tensor::ones((2, 16), DType::F32, &Device::Cpu).unwrap()).unwrap();
+    // Gradients reach the feature map through the spatial-softmax keypoints.
+    let map =
+        Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 16, 3, 3), &Device::Cpu).unwrap()).unwrap();
+    let visual = pool_features(map.as_tensor(), VisualPool::Keypoints).unwrap();
     let proprio = Tensor::ones((2, 15), DType::F32, &Device::Cpu).unwrap();
+    let instruction = Tensor::ones((2, 8), DType::F32, &Device::Cpu).unwrap();
     let out = head
-        .forward(&idx, visual.as_tensor(), Some(&proprio))
+        .forward(&idx, &visual, Some(&proprio), Some(&instruction))
         .unwrap();
     assert_eq!(out.dims(), &[2, 4, 7]);
     let grads = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
@@ -224,13 +229,29 @@ fn gradients_reach_the_action_head_inputs() {
             "{name}"
         );
     }
-    assert!(grads.get(visual.as_tensor()).is_some());
-    // Wrong proprio presence is a clear error.
+    let gmap = grads
+        .get(map.as_tensor())
+        .expect("gradient at the feature map");
+    assert!(
+        gmap.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    );
+    // Wrong proprio or instruction presence is a clear error.
     let err = head
-        .forward(&idx, visual.as_tensor(), None)
+        .forward(&idx, &visual, None, Some(&instruction))
         .unwrap_err()
         .to_string();
     assert!(err.contains("proprioception"), "{err}");
+    let err = head
+        .forward(&idx, &visual, Some(&proprio), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("instruction"), "{err}");
 }
 
 #[test]

@@ -91,8 +91,10 @@ fn save_load_round_trip_gives_identical_outputs() {
     let idx = Tensor::new(&[[1u32, 2, 3, 4]], &dev).unwrap();
     let visual = Tensor::ones((1, 16), DType::F32, &dev).unwrap();
     let proprio = Tensor::ones((1, 18), DType::F32, &dev).unwrap();
-    let ha = head.forward(&idx, &visual, Some(&proprio)).unwrap();
-    let hb = loaded.head_forward(&idx, &visual, Some(&proprio)).unwrap();
+    let ha = head.forward(&idx, &visual, Some(&proprio), None).unwrap();
+    let hb = loaded
+        .head_forward(&idx, &visual, Some(&proprio), None)
+        .unwrap();
     assert_eq!(
         ha.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         hb.flatten_all().unwrap().to_vec1::<f32>().unwrap()
@@ -296,7 +298,9 @@ fn onnx_head_bundle_loads_and_matches_the_mlp() {
     let idx = Tensor::new(&[[1u32, 2, 3, 4]], &dev).unwrap();
     let visual = Tensor::ones((1, 16), DType::F32, &dev).unwrap();
     let proprio = Tensor::zeros((1, 15), DType::F32, &dev).unwrap();
-    let out = loaded.head_forward(&idx, &visual, Some(&proprio)).unwrap();
+    let out = loaded
+        .head_forward(&idx, &visual, Some(&proprio), None)
+        .unwrap();
     // Same MLP by hand: the codes input is the FSQ code values of the indices.
     let codes = loaded
         .dldm

@@ -347,13 +347,18 @@ fn cached_codes_and_features_mirror_the_closed_loop() {
                     "W {window}, step {k}: codes differ from the closed loop's"
                 );
             }
-            let pooled = vw2_policy::model::head::pool_visual(&plan.current_features)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let cached = &e.pooled[k * f..(k + 1) * f];
+            let pooled = vw2_policy::model::head::pool_features(
+                &plan.current_features,
+                vw2_policy::model::head::VisualPool::Keypoints,
+            )
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+            let f3 = 3 * f;
+            let cached = &e.pooled[k * f3..(k + 1) * f3];
+            assert_eq!(pooled.len(), f3);
             let d = pooled
                 .iter()
                 .zip(cached)

@@ -527,7 +527,8 @@ fn smoke_forward(policy: &LoadedPolicy, dev: &Device) -> Result<()> {
     let logits = policy.ar.step(&mut cache, &observed)?;
     let next = logits.argmax(candle_core::D::Minus1)?;
     let current = enc.features.narrow(1, t - 1, 1)?;
-    let visual = crate::model::head::pool_visual(&current)?;
+    let visual = policy.head_visual(&current)?;
+    let head_instruction = policy.head_instruction("", dev)?;
     let proprio =
         match &policy.head {
             crate::policy::bundle::Head::Mlp(hd) if hd.config().proprio_dim > 0 => Some(
@@ -537,7 +538,12 @@ fn smoke_forward(policy: &LoadedPolicy, dev: &Device) -> Result<()> {
         };
     let n = policy.dldm.config().num_queries;
     let step_codes = next.narrow(1, next.dim(1)? - n, n)?.to_dtype(DType::U32)?;
-    let actions = policy.head_forward(&step_codes, &visual, proprio.as_ref())?;
+    let actions = policy.head_forward(
+        &step_codes,
+        &visual,
+        proprio.as_ref(),
+        head_instruction.as_ref(),
+    )?;
     crate::policy::bundle::ensure_finite(&actions, "head output")?;
     println!(
         "forward ok: observed codes {:?}, next-step codes {:?}, action chunk {:?}",

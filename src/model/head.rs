@@ -1,6 +1,6 @@
 //! The action head: maps the codes of one latent step, the current visual
-//! features and (optionally) proprioception to an action chunk of `C × 7`
-//! (xyz, euler, gripper).
+//! features, (optionally) proprioception and (optionally) the instruction to
+//! an action chunk of `C × 7` (xyz, euler, gripper).
 
 use candle_core::{bail, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -23,11 +23,19 @@ pub struct HeadConfig {
     pub codes_per_step: usize,
     /// Width of each learned code embedding.
     pub code_embed_dim: usize,
-    /// Width of the pooled visual feature vector (the dLDM `feature_channels`).
+    /// Width of the visual vector: [`VisualPool::width`] of the dLDM's
+    /// `feature_channels()` (F for `mean`, 3F for `keypoints`).
     pub visual_dim: usize,
+    /// How the current frame's feature map `[F, h, w]` becomes the visual vector.
+    #[serde(default)]
+    pub visual_pool: VisualPool,
     /// Width of the proprioception vector; 0 disables it (CALVIN robot_obs: 15).
     #[serde(default)]
     pub proprio_dim: usize,
+    /// Width of the instruction embedding the head sees (the hashed embedding
+    /// of `policy::instruction`); 0: the head does not see the instruction.
+    #[serde(default)]
+    pub instruction_dim: usize,
     /// Hidden layer widths of the MLP.
     pub hidden: Vec<usize>,
     /// Action chunk length C, in control steps (s = 4 per latent step).
@@ -44,7 +52,34 @@ fn d_codes() -> usize {
 impl HeadConfig {
     /// Width of the MLP input.
     pub fn input_dim(&self) -> usize {
-        self.codes_per_step * self.code_embed_dim + self.visual_dim + self.proprio_dim
+        self.codes_per_step * self.code_embed_dim
+            + self.visual_dim
+            + self.proprio_dim
+            + self.instruction_dim
+    }
+}
+
+/// How a feature map `[F, h, w]` becomes the head's visual vector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VisualPool {
+    /// The global mean of each channel (F values): no position.
+    #[default]
+    Mean,
+    /// The mean of each channel, then the expected x and the expected y of a
+    /// spatial softmax over each channel (Levine et al.'s keypoints, in
+    /// [−1, 1] of the map's width and height): 3F values that keep where
+    /// things are.
+    Keypoints,
+}
+
+impl VisualPool {
+    /// Width of the visual vector from `f` feature channels.
+    pub fn width(self, f: usize) -> usize {
+        match self {
+            VisualPool::Mean => f,
+            VisualPool::Keypoints => 3 * f,
+        }
     }
 }
 
@@ -81,13 +116,14 @@ impl ActionHead {
         &self.cfg
     }
 
-    /// `indices` `[B, N]` (u32), `visual` `[B, visual_dim]`, `proprio` `[B, P]`
-    /// → normalized actions `[B, C, 7]`.
+    /// `indices` `[B, N]` (u32), `visual` `[B, visual_dim]`, `proprio` `[B, P]`,
+    /// `instruction` `[B, instruction_dim]` → normalized actions `[B, C, 7]`.
     pub fn forward(
         &self,
         indices: &Tensor,
         visual: &Tensor,
         proprio: Option<&Tensor>,
+        instruction: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (b, n) = indices.dims2()?;
         if n != self.cfg.codes_per_step {
@@ -106,6 +142,16 @@ impl ActionHead {
             (None, d) => bail!("action head expects proprioception of width {d}, found none"),
             _ => unreachable!(),
         }
+        // A head without an instruction input ignores one it is given.
+        if self.cfg.instruction_dim > 0 {
+            match instruction {
+                Some(t) => parts.push(t.clone()),
+                None => bail!(
+                    "action head expects an instruction embedding of width {}, found none",
+                    self.cfg.instruction_dim
+                ),
+            }
+        }
         let mut x = Tensor::cat(&parts, D::Minus1)?;
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x)?;
@@ -119,10 +165,46 @@ impl ActionHead {
 
 /// Pools dLDM features `[B, 1, F, h, w]` (or `[B, F, h, w]`) to a visual vector `[B, F]`.
 pub fn pool_visual(features: &Tensor) -> Result<Tensor> {
-    match features.rank() {
-        5 => features.squeeze(1)?.mean(D::Minus1)?.mean(D::Minus1),
-        4 => features.mean(D::Minus1)?.mean(D::Minus1),
+    pool_features(features, VisualPool::Mean)
+}
+
+/// Pools dLDM features `[B, 1, F, h, w]` (or `[B, F, h, w]`) to the visual
+/// vector `[B, pool.width(F)]` (see [`VisualPool`]).
+pub fn pool_features(features: &Tensor, pool: VisualPool) -> Result<Tensor> {
+    let map = match features.rank() {
+        5 => features.squeeze(1)?,
+        4 => features.clone(),
         r => bail!("visual features must be [B,1,F,h,w] or [B,F,h,w], found rank {r}"),
+    };
+    let mean = map.mean(D::Minus1)?.mean(D::Minus1)?;
+    match pool {
+        VisualPool::Mean => Ok(mean),
+        VisualPool::Keypoints => {
+            let (b, f, h, w) = map.dims4()?;
+            let dev = map.device();
+            let dt = map.dtype();
+            // Pixel centres in [−1, 1]; a 1-pixel axis sits at 0.
+            let axis = |n: usize| -> Result<Tensor> {
+                let v: Vec<f32> = (0..n)
+                    .map(|i| {
+                        if n > 1 {
+                            2.0 * i as f32 / (n - 1) as f32 - 1.0
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                Tensor::from_vec(v, n, dev)?.to_dtype(dt)
+            };
+            let xs = axis(w)?.reshape((1, 1, 1, w))?.broadcast_as((1, 1, h, w))?;
+            let ys = axis(h)?.reshape((1, 1, h, 1))?.broadcast_as((1, 1, h, w))?;
+            // `ops::softmax` (not the fused last-dim kernel) keeps a backward.
+            let prob = candle_nn::ops::softmax(&map.reshape((b, f, h * w))?, D::Minus1)?
+                .reshape((b, f, h, w))?;
+            let kx = prob.broadcast_mul(&xs)?.sum(D::Minus1)?.sum(D::Minus1)?;
+            let ky = prob.broadcast_mul(&ys)?.sum(D::Minus1)?.sum(D::Minus1)?;
+            Tensor::cat(&[mean, kx, ky], D::Minus1)
+        }
     }
 }
 
@@ -170,6 +252,28 @@ pub fn chunk_rows(actions: &Tensor, b: usize) -> Result<Vec<[f32; ACTION_DIM]>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keypoints_follow_a_bright_spot() {
+        // One channel with a peak at (row 1, col 3) of a 4×4 map, one flat channel.
+        let mut v = vec![0f32; 2 * 16];
+        v[4 + 3] = 50.0;
+        let t = Tensor::from_vec(v, (1, 2, 4, 4), &candle_core::Device::Cpu).unwrap();
+        let out = pool_features(&t, VisualPool::Keypoints).unwrap();
+        assert_eq!(out.dims(), &[1, 6]);
+        let o = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // [mean0, mean1, x0, x1, y0, y1]
+        assert!((o[0] - 50.0 / 16.0).abs() < 1e-5 && o[1] == 0.0, "{o:?}");
+        assert!((o[2] - 1.0).abs() < 1e-4, "peak at the right edge: {o:?}");
+        assert!((o[4] + 1.0 / 3.0).abs() < 1e-4, "peak on row 1 of 4: {o:?}");
+        assert!(
+            o[3].abs() < 1e-6 && o[5].abs() < 1e-6,
+            "flat map centred: {o:?}"
+        );
+        let mean = pool_features(&t, VisualPool::Mean).unwrap();
+        assert_eq!(mean.dims(), &[1, 2]);
+        assert_eq!(VisualPool::Keypoints.width(16), 48);
+    }
 
     #[test]
     fn calvin_postprocess_clips_and_binarizes() {

@@ -287,10 +287,11 @@ impl PolicySpec {
                     .config
                     .as_ref()
                     .ok_or("components.head.config: required for kind mlp")?;
-                if hc.visual_dim != c.dldm.config.feature_channels() {
+                let want = hc.visual_pool.width(c.dldm.config.feature_channels());
+                if hc.visual_dim != want {
                     return Err(format!(
-                        "components.head.config.visual_dim: expected the dLDM feature_channels {}, found {}",
-                        c.dldm.config.feature_channels(), hc.visual_dim
+                        "components.head.config.visual_dim: expected {want} (visual_pool {:?} of the dLDM feature_channels {}), found {}",
+                        hc.visual_pool, c.dldm.config.feature_channels(), hc.visual_dim
                     ));
                 }
                 if hc.codes_per_step != c.dldm.config.num_queries {
@@ -512,15 +513,39 @@ impl LoadedPolicy {
         })
     }
 
+    /// The head's visual vector `[B, visual_dim]` from current dLDM features
+    /// `[B, 1, F, h, w]`, pooled as the head was trained (an ONNX head: the mean).
+    pub fn head_visual(&self, features: &Tensor) -> Result<Tensor> {
+        let pool = match &self.head {
+            Head::Mlp(h) => h.config().visual_pool,
+            Head::Onnx(_) => crate::model::head::VisualPool::Mean,
+        };
+        Ok(crate::model::head::pool_features(features, pool)?)
+    }
+
+    /// The head's instruction input `[1, instruction_dim]`, or `None` for a
+    /// head that does not see the instruction.
+    pub fn head_instruction(&self, instruction: &str, device: &Device) -> Result<Option<Tensor>> {
+        match &self.head {
+            Head::Mlp(h) if h.config().instruction_dim > 0 => {
+                let d = h.config().instruction_dim;
+                let v = super::instruction::embed_instruction(instruction, d);
+                Ok(Some(Tensor::from_vec(v, (1, d), device)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Runs the head on the codes of one step → normalized actions `[B, C, 7]`.
     pub fn head_forward(
         &self,
         indices: &Tensor,
         visual: &Tensor,
         proprio: Option<&Tensor>,
+        instruction: Option<&Tensor>,
     ) -> Result<Tensor> {
         Ok(match &self.head {
-            Head::Mlp(h) => h.forward(indices, visual, proprio)?,
+            Head::Mlp(h) => h.forward(indices, visual, proprio, instruction)?,
             Head::Onnx(h) => {
                 let (b, n) = indices.dims2()?;
                 let codes = self
@@ -590,7 +615,9 @@ impl RandomPolicySizes {
             codes_per_step: dldm.num_queries,
             code_embed_dim: 8,
             visual_dim: dldm.feature_channels(),
+            visual_pool: Default::default(),
             proprio_dim: ProprioEncoding::EulerSincos.dim(),
+            instruction_dim: 0,
             hidden: vec![64],
             chunk: 4,
         };

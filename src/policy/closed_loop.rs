@@ -18,7 +18,7 @@ use super::bundle::{ActionKind, Head, LoadedPolicy};
 use super::instruction::embed_instruction;
 use crate::io::RgbImage;
 use crate::model::ar::{KvCache, Sampler, Sampling};
-use crate::model::head::{pool_visual, postprocess_calvin, ACTION_DIM};
+use crate::model::head::{postprocess_calvin, ACTION_DIM};
 
 /// Run-time options of the closed loop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +95,8 @@ pub struct Policy {
     control_step: usize,
     latent_step: usize,
     instruction: Option<Tensor>,
+    /// The instruction as the head sees it (`None`: the head does not).
+    head_instruction: Option<Tensor>,
     cache: Option<KvCache>,
     visual_prefix: Option<Tensor>,
     observed: Vec<Vec<u32>>,
@@ -139,6 +141,7 @@ impl Policy {
             control_step: 0,
             latent_step: 0,
             instruction: None,
+            head_instruction: None,
             cache: None,
             visual_prefix: None,
             observed: vec![],
@@ -164,6 +167,7 @@ impl Policy {
         let dim = self.bundle.ar.config().instruction_dim;
         let v = embed_instruction(instruction, dim);
         self.instruction = Some(Tensor::from_vec(v, (1, dim), &self.device)?);
+        self.head_instruction = self.bundle.head_instruction(instruction, &self.device)?;
         self.frames.clear();
         self.control_step = 0;
         self.latent_step = 0;
@@ -330,9 +334,11 @@ impl Policy {
 
     fn run_head(&self, proprio: Option<&Tensor>) -> Result<Vec<[f32; ACTION_DIM]>> {
         let feats = self.current_features.as_ref().expect("set at frame 0");
-        let visual = pool_visual(feats)?;
+        let visual = self.bundle.head_visual(feats)?;
         let codes = Tensor::new(self.predicted.as_slice(), &self.device)?.unsqueeze(0)?;
-        let out = self.bundle.head_forward(&codes, &visual, proprio)?;
+        let out =
+            self.bundle
+                .head_forward(&codes, &visual, proprio, self.head_instruction.as_ref())?;
         let rows = crate::model::head::chunk_rows(&out, 0)?;
         let norm = &self.bundle.spec.normalization;
         let rows: Vec<[f32; ACTION_DIM]> = rows

@@ -305,7 +305,7 @@ pub fn cache_key(
         .map(|d| format!("{:?}", d.episodes()))
         .unwrap_or_default();
     format!(
-        "dataset={} episodes={ep} weights={}@{} window={window} visual_tokens={visual_tokens:?} image={image:?}",
+        "dataset={} episodes={ep} weights={}@{} window={window} visual_tokens={visual_tokens:?} image={image:?} pooled=mean+keypoints",
         dataset.display(),
         weights.display(),
         stamp(weights)

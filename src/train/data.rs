@@ -29,7 +29,7 @@ use crate::data::npy::NpyDtype;
 use crate::data::npz::NpzReader;
 use crate::data::{CalvinDataset, Image};
 use crate::model::dldm::Dldm;
-use crate::model::head::pool_visual;
+use crate::model::head::{pool_features, VisualPool};
 use crate::policy::closed_loop::resize_bilinear;
 
 /// Reads static-camera frames of a split, resized to the model's image size,
@@ -247,13 +247,18 @@ pub struct EncodedSegment {
     pub steps: usize,
     /// Codes of steps 1..=K, N each (`steps · N` values).
     pub codes: Vec<u32>,
-    /// Pooled features `[F]` of the current frame at steps 0..=K (frame `s·k`),
-    /// `(steps + 1) · F` values; step 0 is frame 0 alone.
+    /// Pooled features of the current frame at steps 0..=K (frame `s·k`),
+    /// [`POOLED_PER_CHANNEL`]` · F` values per step ([`VisualPool::Keypoints`]:
+    /// the channel means, then the keypoints; a `mean` head takes the first F);
+    /// step 0 is frame 0 alone.
     pub pooled: Vec<f32>,
     /// First-frame visual tokens `[M, F]` (adaptive-average-pooled from the
     /// `h·w` feature tokens as the AR does), when asked for.
     pub prefix_tokens: Option<Vec<f32>>,
 }
+
+/// Values per feature channel in [`EncodedSegment::pooled`] (mean, x, y).
+pub const POOLED_PER_CHANNEL: usize = 3;
 
 /// Options of [`encode_segments`].
 #[derive(Debug, Clone, Copy)]
@@ -328,7 +333,7 @@ pub fn encode_segments(
         let feats = enc.features.detach();
         let (_, t_lat, f, fh, fw) = feats.dims5()?;
         for j in 0..t_lat {
-            let pj = pool_visual(&feats.narrow(1, j, 1)?)?;
+            let pj = pool_features(&feats.narrow(1, j, 1)?, VisualPool::Keypoints)?;
             pooled.extend(pj.flatten_all()?.to_vec1::<f32>()?);
         }
         codes.extend(enc.indices.flatten_all()?.to_vec1::<u32>()?);
@@ -358,11 +363,11 @@ pub fn encode_segments(
             let steps = enc.indices.dim(1)?;
             codes.extend(enc.indices.get(0)?.get(steps - 1)?.to_vec1::<u32>()?);
             let last = enc.features.dim(1)? - 1;
-            let pj = pool_visual(&enc.features.narrow(1, last, 1)?)?;
+            let pj = pool_features(&enc.features.narrow(1, last, 1)?, VisualPool::Keypoints)?;
             pooled.extend(pj.flatten_all()?.to_vec1::<f32>()?);
         }
         debug_assert_eq!(codes.len(), k_total * n);
-        debug_assert_eq!(pooled.len(), (k_total + 1) * f);
+        debug_assert_eq!(pooled.len(), (k_total + 1) * POOLED_PER_CHANNEL * f);
         out.push(EncodedSegment {
             segment: seg.clone(),
             steps: k_total,

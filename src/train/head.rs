@@ -7,7 +7,9 @@
 //! - input codes: the encoder's codes of the real next step k+1 (teacher
 //!   forcing; at run time the AR's prediction takes their place);
 //! - visual: the pooled features of the current frame (the newest latent
-//!   frame of the window ending at it, as `Policy::observe`);
+//!   frame of the window ending at it, as `Policy::observe`), channel means or
+//!   means and spatial-softmax keypoints (`visual_pool`);
+//! - instruction: the episode's instruction, embedded (when `instruction_dim` > 0);
 //! - proprio: the current frame's `robot_obs`, normalized;
 //! - target: the s recorded `rel_actions` of frames `s·k .. s·k + s − 1`,
 //!   normalized with the bundle's action statistics.
@@ -32,12 +34,15 @@ use crate::policy::proprio::ProprioEncoding;
 
 /// The proprio encoding of the heads this trainer makes: the tcp angles as sin/cos.
 pub const TRAINED_PROPRIO_ENCODING: ProprioEncoding = ProprioEncoding::EulerSincos;
-use super::data::{label_subset, read_proprio_and_action, split_episodes, EncodedSegment};
+use super::data::{
+    label_subset, read_proprio_and_action, split_episodes, EncodedSegment, POOLED_PER_CHANNEL,
+};
 use super::ldm::{init_seed, seeded_varmap};
 use super::run::{train_loop, varmap_tensors, write_atomic, RunOptions, TrainReport};
 use crate::data::CalvinDataset;
 use crate::model::head::{ActionHead, HeadConfig, ACTION_DIM};
 use crate::policy::bundle::{Normalization, PolicySpec};
+use crate::policy::instruction::embed_instruction;
 use crate::policy::weights::save_safetensors_atomic;
 
 /// Names of the 7 action dimensions, in order.
@@ -53,8 +58,10 @@ pub struct HeadWindow {
     pub frame: usize,
     /// Codes of the next latent step (N).
     pub codes: Vec<u32>,
-    /// Pooled visual features of the current frame (F).
+    /// Pooled visual features of the current frame (`visual_dim`).
     pub visual: Vec<f32>,
+    /// The instruction embedding (`instruction_dim`, empty when the head has none).
+    pub instruction: Vec<f32>,
     /// Normalized proprio (P, empty when the head has none).
     pub proprio: Vec<f32>,
     /// Normalized targets, `chunk · 7`.
@@ -74,7 +81,6 @@ pub fn head_windows(
     steps_per_latent: usize,
 ) -> Result<Vec<HeadWindow>> {
     let n = head.codes_per_step;
-    let f = head.visual_dim;
     let s = steps_per_latent;
     if head.chunk != s {
         bail!(
@@ -87,6 +93,18 @@ pub fn head_windows(
         if episodes.is_some_and(|eps| !eps.contains(&e.segment.episode)) {
             continue;
         }
+        // Per step: POOLED_PER_CHANNEL · F values, the head takes the first visual_dim.
+        let per_step = e.pooled.len() / (e.steps + 1);
+        let f = per_step / POOLED_PER_CHANNEL;
+        if head.visual_pool.width(f) != head.visual_dim {
+            bail!(
+                "head config: visual_dim: expected {} (visual_pool {:?} of {f} feature channels), found {}",
+                head.visual_pool.width(f),
+                head.visual_pool,
+                head.visual_dim
+            );
+        }
+        let instruction = embed_instruction(&e.segment.instruction, head.instruction_dim);
         for k in 0..e.steps {
             let frame = e.segment.start + s * k;
             let mut raw = Vec::with_capacity(s * ACTION_DIM);
@@ -125,7 +143,8 @@ pub fn head_windows(
                 episode: e.segment.episode,
                 frame,
                 codes: e.codes[k * n..(k + 1) * n].to_vec(),
-                visual: e.pooled[k * f..(k + 1) * f].to_vec(),
+                visual: e.pooled[k * per_step..k * per_step + head.visual_dim].to_vec(),
+                instruction: instruction.clone(),
                 proprio,
                 target,
                 raw_target: raw,
@@ -147,8 +166,26 @@ pub struct HeadStage {
     device: Device,
 }
 
-/// Tensors of a batch of windows: codes, visual, proprio, target `[B, C, 7]`.
-type Batch = (Tensor, Tensor, Option<Tensor>, Tensor);
+/// Tensors of a batch of windows.
+struct Batch {
+    codes: Tensor,
+    visual: Tensor,
+    proprio: Option<Tensor>,
+    instruction: Option<Tensor>,
+    /// `[B, C, 7]`.
+    target: Tensor,
+}
+
+impl Batch {
+    fn predict(&self, model: &ActionHead) -> candle_core::Result<Tensor> {
+        model.forward(
+            &self.codes,
+            &self.visual,
+            self.proprio.as_ref(),
+            self.instruction.as_ref(),
+        )
+    }
+}
 
 impl HeadStage {
     /// A fresh head (initialized from `seed`) over `train` / `val` windows.
@@ -205,12 +242,19 @@ impl HeadStage {
         } else {
             None
         };
-        Ok((
-            Tensor::from_vec(codes, (b, h.codes_per_step), dev)?,
-            Tensor::from_vec(visual, (b, h.visual_dim), dev)?,
+        let instruction = if h.instruction_dim > 0 {
+            let v: Vec<f32> = windows.iter().flat_map(|w| w.instruction.clone()).collect();
+            Some(Tensor::from_vec(v, (b, h.instruction_dim), dev)?)
+        } else {
+            None
+        };
+        Ok(Batch {
+            codes: Tensor::from_vec(codes, (b, h.codes_per_step), dev)?,
+            visual: Tensor::from_vec(visual, (b, h.visual_dim), dev)?,
             proprio,
-            Tensor::from_vec(target, (b, h.chunk, ACTION_DIM), dev)?,
-        ))
+            instruction,
+            target: Tensor::from_vec(target, (b, h.chunk, ACTION_DIM), dev)?,
+        })
     }
 
     fn loss_of(&self, pred: &Tensor, target: &Tensor) -> Result<Tensor> {
@@ -233,9 +277,9 @@ impl HeadStage {
     /// Loss of training windows `items`.
     pub fn loss(&self, items: &[usize]) -> Result<Tensor> {
         let ws: Vec<&HeadWindow> = items.iter().map(|&i| &self.train[i]).collect();
-        let (codes, visual, proprio, target) = self.batch(&ws)?;
-        let pred = self.model.forward(&codes, &visual, proprio.as_ref())?;
-        self.loss_of(&pred, &target)
+        let batch = self.batch(&ws)?;
+        let pred = batch.predict(&self.model)?;
+        self.loss_of(&pred, &batch.target)
     }
 
     /// Evaluates `windows`: mean loss, per-dimension mean absolute error of the
@@ -250,12 +294,10 @@ impl HeadStage {
         let mut grip_ok = 0usize;
         for chunk in windows.chunks(256) {
             let ws: Vec<&HeadWindow> = chunk.iter().collect();
-            let (codes, visual, proprio, target) = self.batch(&ws)?;
-            let pred = self
-                .model
-                .forward(&codes, &visual, proprio.as_ref())?
-                .detach();
-            let l = self.loss_of(&pred, &target)?.to_scalar::<f32>()? as f64;
+            let batch = self.batch(&ws)?;
+            let target = &batch.target;
+            let pred = batch.predict(&self.model)?.detach();
+            let l = self.loss_of(&pred, target)?.to_scalar::<f32>()? as f64;
             loss_sum += l * chunk.len() as f64;
             let p = pred.flatten_all()?.to_vec1::<f32>()?;
             for (w, prow) in chunk.iter().zip(p.chunks(self.head_cfg.chunk * ACTION_DIM)) {
@@ -385,7 +427,11 @@ fn resolve_head_config(cfg: &HeadStageConfig, spec: &PolicySpec) -> Result<HeadC
     for (field, want, found) in [
         ("vocab_size", dldm.codebook_size(), h.vocab_size),
         ("codes_per_step", dldm.num_queries, h.codes_per_step),
-        ("visual_dim", dldm.feature_channels(), h.visual_dim),
+        (
+            "visual_dim",
+            h.visual_pool.width(dldm.feature_channels()),
+            h.visual_dim,
+        ),
         ("chunk", spec.steps_per_latent, h.chunk),
     ] {
         if want != found {
