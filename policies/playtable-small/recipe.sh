@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Reproduces policies/playtable-small on a CPU, from the repository root:
 #   ./policies/playtable-small/recipe.sh [WORK_DIR]
-# WORK_DIR (default /tmp/vw2-playtable-small) holds the dataset (~4 GB) and the
+# WORK_DIR (default /tmp/vw2-playtable-small) holds the dataset (~7.6 GB) and the
 # training runs; every step resumes when re-run after an interruption.
-# Measured on 2 cores (see README.md here): record 19 min 35 s, train 20 min 53 s, with
-# other jobs on the cores for part of the time.
+# Measured on 2 cores (see README.md here): record 55 min 20 s, train 33 min 26 s.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WORK=${1:-/tmp/vw2-playtable-small}
@@ -14,9 +13,9 @@ SEED=0
 cargo build --release --locked
 VW2=target/release/vw2
 
-# 1. Chained play: 495 subtasks solved by the scripted expert in chains of up to 5 from
+# 1. Chained play: 1000 subtasks solved by the scripted expert in chains of up to 5 from
 #    CALVIN-like initial conditions (the recording's own seed, not the evaluation chains).
-$VW2 record --backend playtable --chained 5 --episodes 495 --seed "$SEED" --out "$WORK/dataset"
+$VW2 record --backend playtable --chained 5 --episodes 1000 --seed "$SEED" --out "$WORK/dataset"
 
 # 2. dLDM warm-up (unlabelled frames) → AR on the frozen codes → action head on
 #    the labels of 10% of the training episodes (20% of episodes held out for validation).
@@ -27,6 +26,11 @@ $VW2 train all --dataset "$WORK/dataset" --config policies/playtable-small/train
 for f in policy.yaml dldm.safetensors ar.safetensors head.safetensors metrics.json split.json; do
     cp "$WORK/run/$f" policies/playtable-small/
 done
+
+# Optional: what the codes carry (codebook usage, IDM probe R² on held-out episodes).
+# (cd python && ../.venv/bin/python -m vw2_sim_tools.probe_codes \
+#     --cache "$WORK/run/train/ar/code_cache.safetensors" --dataset "$WORK/dataset" \
+#     --split "$WORK/run/split.json")
 
 # Optional: the same head with every label, for the 10% vs 100% comparison.
 # $VW2 finetune-head --dataset "$WORK/dataset" --policy "$WORK/run/train/ar/bundle" \

@@ -2,8 +2,10 @@
 
 Observation (dict of numpy arrays), exactly CALVIN's layout:
 
-* ``rgb_static``  uint8 (S, S, 3), S = static_size (200): fixed camera, fov 10 deg,
-  look_from (2.87, -2.17, 2.56), look_at (-0.026, -0.030, 0.392), up +z, near 0.01, far 10.
+* ``rgb_static``  uint8 (S, S, 3), S = static_size (200): fixed camera from CALVIN's
+  look_from (2.87, -2.17, 2.56), up +z, near 0.01, far 10, framed like CALVIN's static
+  view on this scene: the arm from its base, the desk and every object (fov 15 deg,
+  look_at (-0.06, -0.09, 0.41); CALVIN's own fov 10 / look_at would cut the arm off here).
 * ``rgb_gripper`` uint8 (G, G, 3), G = gripper_size (84): camera in the hand looking along
   the approach axis, fov 75, near 0.01, far 2.
 * ``robot_obs``   float64 (15,): tcp xyz, tcp euler xyz, gripper width, 7 arm joints,
@@ -39,8 +41,8 @@ PHYSICS_DT = 1.0 / (CONTROL_HZ * SUBSTEPS)
 POS_SCALE = 0.02
 ORN_SCALE = 0.05
 
-STATIC_CAM = dict(look_from=(2.87, -2.17, 2.56), look_at=(-0.026, -0.030, 0.392),
-                  up=(0.0, 0.0, 1.0), fov=10.0, near=0.01, far=10.0)
+STATIC_CAM = dict(look_from=(2.87, -2.17, 2.56), look_at=(-0.06, -0.09, 0.41),
+                  up=(0.0, 0.0, 1.0), fov=15.0, near=0.01, far=10.0)
 GRIPPER_CAM = dict(fov=75.0, near=0.01, far=2.0)
 
 ARM_JOINTS = list(range(7))
