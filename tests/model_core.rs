@@ -218,29 +218,12 @@ fn gradients_reach_the_action_head_inputs() {
         let g = grads
             .get(var.as_tensor())
             .unwrap_or_else(|| panic!("no gradient for {name}"));
-        assert!(
-            g.abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                > 0.0,
-            "{name}"
-        );
+        assert!(abs_sum(g) > 0.0, "{name}");
     }
     let gmap = grads
         .get(map.as_tensor())
         .expect("gradient at the feature map");
-    assert!(
-        gmap.abs()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            > 0.0
-    );
+    assert!(abs_sum(gmap) > 0.0, "no gradient at the feature map");
     // Wrong proprio or instruction presence is a clear error.
     let err = head
         .forward(&idx, &visual, None, Some(&instruction))
@@ -269,4 +252,14 @@ fn frames_from_u8_maps_to_unit_range() {
     assert_eq!(x[0], -1.0);
     assert_eq!(x[1], 1.0);
     assert!((x[2] - (127.0 / 127.5 - 1.0)).abs() < 1e-6);
+}
+
+/// Sum of |t| over every element.
+fn abs_sum(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
