@@ -528,9 +528,11 @@ impl LoadedPolicy {
     pub fn head_instruction(&self, instruction: &str, device: &Device) -> Result<Option<Tensor>> {
         match &self.head {
             Head::Mlp(h) if h.config().instruction_dim > 0 => {
-                let d = h.config().instruction_dim;
-                let v = super::instruction::embed_instruction(instruction, d);
-                Ok(Some(Tensor::from_vec(v, (1, d), device)?))
+                Ok(Some(super::instruction::instruction_tensor(
+                    instruction,
+                    h.config().instruction_dim,
+                    device,
+                )?))
             }
             _ => Ok(None),
         }

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::bundle::{ActionKind, Head, LoadedPolicy};
-use super::instruction::embed_instruction;
+use super::instruction::instruction_tensor;
 use crate::io::RgbImage;
 use crate::model::ar::{KvCache, Sampler, Sampling};
 use crate::model::head::{postprocess_calvin, ACTION_DIM};
@@ -165,8 +165,7 @@ impl Policy {
     /// Starts an episode with a new instruction: clears history and the KV cache.
     pub fn reset(&mut self, instruction: &str) -> Result<()> {
         let dim = self.bundle.ar.config().instruction_dim;
-        let v = embed_instruction(instruction, dim);
-        self.instruction = Some(Tensor::from_vec(v, (1, dim), &self.device)?);
+        self.instruction = Some(instruction_tensor(instruction, dim, &self.device)?);
         self.head_instruction = self.bundle.head_instruction(instruction, &self.device)?;
         self.frames.clear();
         self.control_step = 0;

@@ -35,6 +35,16 @@ pub fn embed_instruction(text: &str, dim: usize) -> Vec<f32> {
     v
 }
 
+/// [`embed_instruction`] as a `[1, dim]` tensor on `device`, the shape the AR and
+/// the head take at run time.
+pub fn instruction_tensor(
+    text: &str,
+    dim: usize,
+    device: &candle_core::Device,
+) -> candle_core::Result<candle_core::Tensor> {
+    candle_core::Tensor::from_vec(embed_instruction(text, dim), (1, dim), device)
+}
+
 fn fnv1a(bytes: &[u8]) -> u32 {
     let mut h: u32 = 0x811c9dc5;
     for &b in bytes {
