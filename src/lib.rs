@@ -14,4 +14,5 @@ pub mod policy;
 pub mod ros;
 pub mod runtime;
 pub mod safety;
+pub mod teleop;
 pub mod train;

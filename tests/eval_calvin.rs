@@ -4,14 +4,15 @@
 //! set-up errors stopping the run, shards merged), plus one short run on the
 //! real `playtable` backend.
 
+mod common;
+use common::fake_chain;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vw2_policy::eval::chains::{
-    calvin_chains, env_state_for_condition, official_chains, Chain, InitialCondition,
-};
+use vw2_policy::eval::chains::{calvin_chains, env_state_for_condition, official_chains, Chain};
 use vw2_policy::eval::metrics::{avg_seq_len, count_success, task_info, ChainRecord, Metrics};
 use vw2_policy::eval::mt19937::{fnv1_32, utf16le, NumpyRandomState};
 use vw2_policy::eval::sentences::VALIDATION_SENTENCES;
@@ -370,35 +371,6 @@ fn scripted_and_random_on_the_fake_backend() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("refusing to mix"));
-}
-
-/// A chain the fake's expert completes in about 37 steps.
-fn fake_chain() -> Chain {
-    let cond = InitialCondition {
-        led: 0,
-        lightbulb: 0,
-        slider: "right".into(),
-        drawer: "closed".into(),
-        red_block: "table".into(),
-        blue_block: "table".into(),
-        pink_block: "slider_left".into(),
-        grasped: 0,
-    };
-    let (robot, scene) = env_state_for_condition(&cond);
-    Chain {
-        initial_condition: cond,
-        tasks: [
-            "open_drawer",
-            "close_drawer",
-            "turn_on_led",
-            "turn_off_led",
-            "open_drawer",
-        ]
-        .map(String::from)
-        .to_vec(),
-        robot_obs: robot.to_vec(),
-        scene_obs: scene.to_vec(),
-    }
 }
 
 /// A chain whose first subtask the fake never completes (360 steps).

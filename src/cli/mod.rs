@@ -83,6 +83,12 @@ pub enum Command {
         #[arg(long = "sim-arg", allow_hyphen_values = true)]
         sim_args: Vec<String>,
     },
+    /// Teleop comparison: the policy beside an operator (shadow, takeover, paired), reports.
+    Teleop {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: crate::teleop::cli::TeleopCommand,
+    },
     /// Run a policy closed-loop on a simulator through the real-time pipeline.
     Run {
         /// Policy bundle (`policy.yaml` or its folder).
@@ -390,6 +396,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Eval { cmd } => crate::eval::cli::run(cmd),
+        Command::Teleop { cmd } => crate::teleop::cli::run(cmd),
         Command::Demo(args) => crate::eval::demo::run(args),
         Command::Train { what } => crate::train::cli::run_train(what),
         Command::FinetuneHead(args) => crate::train::cli::run_finetune_head(args),

@@ -74,6 +74,16 @@ pub fn parse_frame_file_name(name: &str) -> Option<usize> {
     digits.parse().ok()
 }
 
+/// The npz keys of a CALVIN frame written here.
+pub const CALVIN_KEYS: [&str; 6] = [
+    "actions",
+    "rel_actions",
+    "robot_obs",
+    "scene_obs",
+    "rgb_static",
+    "rgb_gripper",
+];
+
 /// One CALVIN frame (the keys of one `episode_XXXXXXX.npz` that are used here).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CalvinFrame {
@@ -166,6 +176,12 @@ impl CalvinFrame {
     /// The `.npz` archive bytes of this frame (stored members, CALVIN key names and dtypes).
     /// `path` is only used in error messages.
     pub fn to_npz_bytes(&self, path: &Path) -> Result<Vec<u8>> {
+        self.to_npz_bytes_with(path, &[])
+    }
+
+    /// [`to_npz_bytes`](Self::to_npz_bytes) plus `extra` members (keys outside CALVIN's,
+    /// which CALVIN's loaders ignore), after the CALVIN ones.
+    pub fn to_npz_bytes_with(&self, path: &Path, extra: &[(&str, NpyArray)]) -> Result<Vec<u8>> {
         check_image(path, "rgb_static", &self.rgb_static)?;
         check_image(path, "rgb_gripper", &self.rgb_gripper)?;
         let mut w = NpzWriter::new();
@@ -190,6 +206,14 @@ impl CalvinFrame {
                 key,
                 &NpyArray::from_u8(&[img.height, img.width, 3], img.data.clone()),
             );
+        }
+        for (key, a) in extra {
+            ensure!(
+                !CALVIN_KEYS.contains(key),
+                "{}: extra key '{key}' would replace a CALVIN key",
+                path.display()
+            );
+            w.add(key, a);
         }
         w.to_bytes()
             .map_err(|e| anyhow!("{}: cannot encode: {e}", path.display()))
@@ -1198,6 +1222,16 @@ impl CalvinWriter {
     /// Writes frame `idx` as `episode_{idx:07}.npz` (atomically). `idx` must lie after the
     /// last finished episode; rewriting a frame of the unfinished episode replaces it.
     pub fn write_frame(&mut self, idx: usize, frame: &CalvinFrame) -> Result<()> {
+        self.write_frame_with(idx, frame, &[])
+    }
+
+    /// [`write_frame`](Self::write_frame) with `extra` npz members beside CALVIN's keys.
+    pub fn write_frame_with(
+        &mut self,
+        idx: usize,
+        frame: &CalvinFrame,
+        extra: &[(&str, NpyArray)],
+    ) -> Result<()> {
         let path = self.dir.join(frame_file_name(idx));
         if let Some(&(s, e)) = self.episodes.last() {
             ensure!(
@@ -1207,7 +1241,7 @@ impl CalvinWriter {
                 path.display()
             );
         }
-        frame.write(&path)?;
+        write_atomic(&path, &frame.to_npz_bytes_with(&path, extra)?)?;
         self.pending.insert(idx, FrameVectors::of(frame));
         Ok(())
     }

@@ -120,7 +120,9 @@ fn write_state(path: &Path, st: RecordState) -> Result<()> {
     crate::policy::weights::write_atomic(path, text.to_string().as_bytes())
 }
 
-fn frame_from(obs: &Observation, rel: &[f64; 7]) -> Result<CalvinFrame> {
+/// The CALVIN frame of `obs` and the relative action `rel` taken from it
+/// (clipped to [−1, 1]; `actions` is the absolute pose it leads to).
+pub fn frame_from(obs: &Observation, rel: &[f64; 7]) -> Result<CalvinFrame> {
     let mut actions = [0.0; 7];
     for i in 0..3 {
         actions[i] = obs.robot_obs[i] + rel[i].clamp(-1.0, 1.0) * REL_XYZ_M;

@@ -253,6 +253,22 @@ impl SafetyLayer {
         }
     }
 
+    /// A tick at `now` (s) that holds on a decision made outside the layer
+    /// (the teleop arbiter: a stale or corrupt operator stream). `cause` is
+    /// recorded and the layer holds exactly as for its own causes
+    /// (`hold_repeats` holds, then quiet: `None`); the goal is dropped, so
+    /// moving again needs a new request.
+    pub fn process_hold(&mut self, now: Seconds, cause: SafetyEventKind) -> Option<SafeCommand> {
+        let clock = self.tick_clock(now);
+        let stamp = if now.is_finite() { now } else { self.latest_t };
+        let Some(target) = self.target else {
+            self.record(stamp, SafetyEventKind::NotInitialized);
+            return None;
+        };
+        self.record(stamp, clock.err().unwrap_or(cause));
+        self.hold(stamp, target)
+    }
+
     /// Latches the e-stop: every later tick holds (`hold_repeats` times, then
     /// quiet) until [`reset_estop`](Self::reset_estop). Starts a new hold
     /// episode, so the holds are sent even if the layer was quiet.

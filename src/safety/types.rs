@@ -237,6 +237,8 @@ pub enum InputKind {
     Request,
     /// Measured TCP pose ([`on_proprio`](super::SafetyLayer::on_proprio)).
     Proprio,
+    /// A teleoperator's command stream (see [`crate::teleop`]).
+    Operator,
 }
 
 /// What happened, for diagnostics.
