@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(protobuf-compiler libopencv-dev clang libclang-dev python3 python3-venv cmake ament-cmake python3-ament-index python3-catkin-pkg)
+# chromium: the teleop report is checked in a real headless browser (tests/teleop_report.rs).
+APT_PACKAGES=(protobuf-compiler libopencv-dev clang libclang-dev python3 python3-venv cmake ament-cmake python3-ament-index python3-catkin-pkg chromium)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
