@@ -18,7 +18,7 @@ use vw2_policy::teleop::arbiter::{Control, HoldCause, TakeoverConfig};
 use vw2_policy::teleop::operator::{
     Operator, OperatorCommand, RecordedOperator, ScriptedOperator, ScriptedOperatorConfig,
 };
-use vw2_policy::teleop::record::{read_episodes, read_ticks, BAG_FILE};
+use vw2_policy::teleop::record::{read_episodes, read_ticks, EpisodeSource, BAG_FILE};
 use vw2_policy::teleop::run::{run_teleop, PairOrder, TeleopOptions};
 use vw2_policy::teleop::session::{
     replay, run_chain, ChainRun, Issuer, SessionConfig, SubtaskRun, TickLog, TickSink,
@@ -376,6 +376,56 @@ fn a_takeover_run_writes_a_dataset_a_bag_and_replays_from_disk() {
         count("/teleop/interventions"),
         ticks.iter().filter(|t| t.switch.is_some()).count()
     );
+    // `finetune-head --source interventions` learns only from the takeovers.
+    let takeovers: Vec<usize> = (0..eps.len())
+        .filter(|&i| eps[i].issuer == "operator" && eps[i].mode == "takeover")
+        .collect();
+    let kept = EpisodeSource::Interventions
+        .episodes(&out.join("dataset"), eps.len())
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.iter().copied().collect::<Vec<_>>(), takeovers);
+    assert!(EpisodeSource::All
+        .episodes(&out.join("dataset"), eps.len())
+        .unwrap()
+        .is_none());
+    let e = EpisodeSource::Operator
+        .episodes(d.path(), 3)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("vw2_teleop_episodes.json") && e.contains("missing"),
+        "{e}"
+    );
+    let head = d.path().join("head");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_vw2"))
+        .args(["finetune-head", "--dataset"])
+        .arg(out.join("dataset"))
+        .args([
+            "--policy",
+            "tests/fixtures/tiny-policy",
+            "--source",
+            "interventions",
+        ])
+        .args([
+            "--label-fraction",
+            "1.0",
+            "--steps",
+            "2",
+            "--no-progress",
+            "--out",
+        ])
+        .arg(&head)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(head.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["source"], "interventions");
+    assert!(m["label_episodes"].as_u64().unwrap() > 0, "{m}");
+    for id in m["label_episode_ids"].as_array().unwrap() {
+        assert!(takeovers.contains(&(id.as_u64().unwrap() as usize)), "{id}");
+    }
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_vw2"))
         .args(["teleop", "replay"])
         .arg(&out)

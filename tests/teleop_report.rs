@@ -114,7 +114,9 @@ fn the_report_renders_in_chromium_and_matches_report_json() {
     assert!(cells.len() > 40, "{} numbers", cells.len());
     for (key, text) in &cells {
         let v = lookup(&json, key).unwrap_or_else(|| panic!("{key}: not in report.json"));
-        let v = v.as_f64().unwrap_or_else(|| panic!("{key}: {v} is not a number"));
+        let v = v
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key}: {v} is not a number"));
         assert_eq!(text, &fmt_num(v), "{key}");
     }
     // The plots: one bar per task and party, three error curves.
@@ -124,7 +126,10 @@ fn the_report_renders_in_chromium_and_matches_report_json() {
     assert!(dom.contains("id=\"plot-success\""));
     assert!(dom.contains("id=\"plot-shadow-error\""));
     assert_eq!(dom.matches("class=\"series\"").count(), 3);
-    assert!(dom.contains("src=\"data:image/png;base64,"), "thumbnails inlined");
+    assert!(
+        dom.contains("src=\"data:image/png;base64,"),
+        "thumbnails inlined"
+    );
 
     // It renders: a screenshot with more than a blank page in it.
     let shot = d.path().join("shot.png");
@@ -134,11 +139,9 @@ fn the_report_renders_in_chromium_and_matches_report_json() {
         &url,
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let img = opencv::imgcodecs::imread(
-        shot.to_str().unwrap(),
-        opencv::imgcodecs::IMREAD_GRAYSCALE,
-    )
-    .unwrap();
+    let img =
+        opencv::imgcodecs::imread(shot.to_str().unwrap(), opencv::imgcodecs::IMREAD_GRAYSCALE)
+            .unwrap();
     use opencv::prelude::*;
     assert_eq!((img.cols(), img.rows()), (1100, 1600));
     let mut mean = opencv::core::Scalar::default();

@@ -522,6 +522,7 @@ fn label_subsets_are_episode_level_and_seeded() {
     let run = |seed: u64, fraction: f64| -> serde_json::Value {
         let out = tempfile::tempdir().unwrap();
         let r = finetune_head(&HeadTrainOptions {
+            source: vw2_policy::teleop::record::EpisodeSource::All,
             name: None,
             dataset: data.path().to_path_buf(),
             val_dataset: None,
@@ -654,6 +655,7 @@ fn finetuned_bundle_loads_and_runs_in_closed_loop() {
     random_policy(pol.path());
     let out = tempfile::tempdir().unwrap();
     let r = finetune_head(&HeadTrainOptions {
+        source: vw2_policy::teleop::record::EpisodeSource::All,
         name: None,
         dataset: fake_dataset().to_path_buf(),
         val_dataset: None,

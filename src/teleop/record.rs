@@ -56,6 +56,66 @@ pub struct TeleopEpisode {
     pub success: bool,
 }
 
+/// Which episodes of a teleop dataset a trainer learns from (`vw2 finetune-head --source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum EpisodeSource {
+    /// Every episode (any CALVIN dataset).
+    #[default]
+    All,
+    /// Episodes the operator drove, in any mode.
+    Operator,
+    /// Episodes the operator drove after taking over from the policy (takeover mode).
+    Interventions,
+}
+
+impl EpisodeSource {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Operator => "operator",
+            Self::Interventions => "interventions",
+        }
+    }
+
+    /// Indices (into the dataset's episode table, `num_episodes` long) of the
+    /// episodes to keep; `None` keeps all. Needs `dataset`'s [`EPISODES_FILE`]
+    /// unless the source is `All`, and checks it against the episode table.
+    pub fn episodes(
+        self,
+        dataset: &Path,
+        num_episodes: usize,
+    ) -> Result<Option<std::collections::BTreeSet<usize>>> {
+        if self == Self::All {
+            return Ok(None);
+        }
+        let p = dataset.join(EPISODES_FILE);
+        anyhow::ensure!(
+            p.is_file(),
+            "{}: --source {} needs a teleop dataset (written by `vw2 teleop run`), \
+             but this file is missing",
+            p.display(),
+            self.name()
+        );
+        let eps = read_episodes(dataset)?;
+        anyhow::ensure!(
+            eps.len() == num_episodes,
+            "{}: lists {} episodes, the dataset's ep_start_end_ids.npy has {num_episodes}",
+            p.display(),
+            eps.len()
+        );
+        Ok(Some(
+            eps.iter()
+                .enumerate()
+                .filter(|(_, e)| {
+                    e.issuer == "operator" && (self == Self::Operator || e.mode == "takeover")
+                })
+                .map(|(i, _)| i)
+                .collect(),
+        ))
+    }
+}
+
 /// Reads a teleop dataset's [`EPISODES_FILE`].
 pub fn read_episodes(dataset: &Path) -> Result<Vec<TeleopEpisode>> {
     let p = dataset.join(EPISODES_FILE);

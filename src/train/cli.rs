@@ -126,6 +126,10 @@ pub struct FinetuneHeadArgs {
     /// Validate on this split instead of held-out episodes of --dataset.
     #[arg(long)]
     pub val_dataset: Option<PathBuf>,
+    /// Teleop datasets (`vw2 teleop run`): learn from the operator's episodes
+    /// (`operator`), only its takeovers (`interventions`), or everything (`all`).
+    #[arg(long, value_enum, default_value = "all")]
+    pub source: crate::teleop::record::EpisodeSource,
     /// Stage config YAML (see `HeadStageConfig`), or a `train all` file (its `head:` section).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -221,6 +225,7 @@ pub fn run_finetune_head(a: FinetuneHeadArgs) -> Result<()> {
         val_dataset: a.val_dataset,
         policy: a.policy,
         label_fraction: a.label_fraction,
+        source: a.source,
         seed: a.run.seed,
         out: a.out,
         name: a.name,
@@ -275,6 +280,7 @@ pub fn train_all(a: &AllArgs) -> Result<AllResult> {
         val_dataset: a.val_dataset.clone(),
         policy: bundle,
         label_fraction: a.label_fraction,
+        source: crate::teleop::record::EpisodeSource::All,
         seed: a.run.seed,
         out: a.out.clone(),
         name: a.name.clone(),

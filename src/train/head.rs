@@ -349,6 +349,8 @@ pub struct HeadTrainOptions {
     pub policy: PathBuf,
     /// Fraction of training episodes whose windows are labelled, in (0, 1].
     pub label_fraction: f64,
+    /// Which episodes of a teleop dataset to learn from (`All` for any dataset).
+    pub source: crate::teleop::record::EpisodeSource,
     /// Seed of the label subset, the initialization and the data order.
     pub seed: u64,
     /// Output bundle folder (the run's state goes to `OUT/train/head`).
@@ -380,6 +382,8 @@ pub struct HeadMetrics {
     pub train_gripper_accuracy: f64,
     /// Requested label fraction.
     pub label_fraction: f64,
+    /// Which episodes of a teleop dataset were used (`all`, `operator`, `interventions`).
+    pub source: String,
     /// Seed.
     pub seed: u64,
     /// Labelled windows used for training (the label count).
@@ -480,6 +484,25 @@ pub fn finetune_head(opts: &HeadTrainOptions) -> Result<HeadTrainResult> {
                 opts.config.val_seed,
             );
             (p, v, None)
+        }
+    };
+    // A teleop dataset's episodes filtered by who drove them (train and validation alike).
+    let (pool, val_eps) = match opts.source.episodes(&opts.dataset, ds.episodes().len())? {
+        None => (pool, val_eps),
+        Some(keep) => {
+            let pool: Vec<usize> = pool.into_iter().filter(|e| keep.contains(e)).collect();
+            let val_eps = if val_ds.is_some() {
+                val_eps
+            } else {
+                val_eps.into_iter().filter(|e| keep.contains(e)).collect()
+            };
+            anyhow::ensure!(
+                !pool.is_empty(),
+                "{}: no training episode has source '{}'",
+                opts.dataset.display(),
+                opts.source.name()
+            );
+            (pool, val_eps)
         }
     };
     let labelled = label_subset(&pool, opts.label_fraction, opts.seed)?;
@@ -625,6 +648,7 @@ pub fn finetune_head(opts: &HeadTrainOptions) -> Result<HeadTrainResult> {
         val_gripper_accuracy: val_eval.as_ref().map(|e| e.gripper_accuracy),
         train_gripper_accuracy: train_eval.gripper_accuracy,
         label_fraction: opts.label_fraction,
+        source: opts.source.name().into(),
         seed: opts.seed,
         label_windows: stage.train_windows().len(),
         label_episodes: labelled.len(),
