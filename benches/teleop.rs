@@ -69,7 +69,9 @@ fn main() {
             if tx.send((c, first)).is_err() {
                 break;
             }
-            std::thread::sleep(Duration::from_secs_f64(1.0 / 60.0 * rng.random_range(0.5..1.5)));
+            std::thread::sleep(Duration::from_secs_f64(
+                1.0 / 60.0 * rng.random_range(0.5..1.5),
+            ));
         }
     });
 

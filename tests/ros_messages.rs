@@ -762,3 +762,33 @@ fn diagnostics_report_state_watchdog_and_latency() {
         "not running: the watchdog is not a problem"
     );
 }
+
+/// An operator's TwistStamped (m/s, rad/s) becomes a command in CALVIN units
+/// for the control rate, stamped on the runtime clock.
+#[test]
+fn teleop_twist_becomes_an_operator_command() {
+    use r2r::geometry_msgs::msg::{Twist, TwistStamped, Vector3 as V3};
+    use vw2_policy::ros::convert::twist_to_operator_command;
+    let v = |x: f64, y: f64, z: f64| V3 { x, y, z };
+    let m = TwistStamped {
+        header: Header {
+            stamp: Time {
+                sec: 100,
+                nanosec: 500_000_000,
+            },
+            frame_id: "base".into(),
+        },
+        twist: Twist {
+            linear: v(0.3, 0.0, -0.6),
+            angular: v(0.0, 0.0, 1.5),
+        },
+    };
+    // ROS now 101.0 s, runtime clock now 5.0 s: the message is 0.5 s old.
+    let c = twist_to_operator_command(&m, 101.0, 5.0, 30.0);
+    assert!((c.t - 4.5).abs() < 1e-9, "{}", c.t);
+    // 0.3 m/s for 1/30 s = 0.01 m = 0.5 CALVIN units; 1.5 rad/s → 1 unit.
+    assert!((c.motion[0] - 0.5).abs() < 1e-12);
+    assert!((c.motion[2] + 1.0).abs() < 1e-12);
+    assert!((c.motion[5] - 1.0).abs() < 1e-12);
+    assert_eq!(c.gripper, None);
+}

@@ -320,3 +320,32 @@ fn ros_args_select_files_overrides_and_the_node_section() {
         "{e}"
     );
 }
+
+#[test]
+fn teleop_parameters_default_off_and_are_checked() {
+    use vw2_policy::ros::params::TeleopMode;
+    let p = NodeParams::from_yaml_str(MINIMAL).unwrap();
+    assert_eq!(p.teleop_mode, TeleopMode::Off);
+    assert_eq!((p.teleop_deadband, p.teleop_release_s), (0.1, 1.0));
+    assert_eq!(p.topics.teleop_gripper, "~/teleop_gripper");
+    let p = NodeParams::from_yaml_str(&MINIMAL.replace(
+        "policy: /tmp/p",
+        "policy: /tmp/p\n    teleop_mode: takeover\n    teleop_release_s: 2.0",
+    ))
+    .unwrap();
+    assert_eq!(p.teleop_mode, TeleopMode::Takeover);
+    p.validate_values().unwrap();
+    let e = NodeParams::from_yaml_str(
+        &MINIMAL.replace("policy: /tmp/p", "policy: /tmp/p\n    teleop_mode: copilot"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("copilot"), "{e}");
+    let p = NodeParams::from_yaml_str(&MINIMAL.replace(
+        "policy: /tmp/p",
+        "policy: /tmp/p\n    teleop_deadband: -1.0",
+    ))
+    .unwrap();
+    let e = p.validate_values().unwrap_err().to_string();
+    assert!(e.contains("teleop_deadband") && e.contains("-1"), "{e}");
+}

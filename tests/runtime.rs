@@ -253,3 +253,91 @@ fn a_slow_first_plan_holds_then_moves_instead_of_ending_the_run() {
     // Quiet before the first plan, then moving: more commands than the holds.
     assert!(report.commands > report.holds, "{report:?}");
 }
+
+/// An operator that pushes +x beyond the deadband during `[from, to)` (s),
+/// zero otherwise, and goes silent from `silent_from` on.
+struct ScriptedFeed {
+    from: f64,
+    to: f64,
+    silent_from: f64,
+}
+
+impl vw2_policy::teleop::operator::OperatorFeed for ScriptedFeed {
+    fn poll(&self, now: f64) -> Option<vw2_policy::teleop::operator::OperatorCommand> {
+        if now >= self.silent_from {
+            return None;
+        }
+        let x = if (self.from..self.to).contains(&now) {
+            1.0
+        } else {
+            0.0
+        };
+        Some(vw2_policy::teleop::operator::OperatorCommand {
+            t: now,
+            motion: [x, 0.0, 0.0, 0.0, 0.0, 0.0],
+            gripper: None,
+        })
+    }
+}
+
+fn teleop_run(feed: ScriptedFeed, steps: u64) -> vw2_policy::runtime::RunReport {
+    use vw2_policy::teleop::arbiter::{Control, TakeoverConfig};
+    let mut env = EnvConfig::new("fake");
+    env.timeout_s = 10.0;
+    let io = SimIo::start(&env, None, None).unwrap();
+    let mut cfg = RuntimeConfig::new(SafetyConfig::calvin_default(), "open the drawer");
+    cfg.max_steps = Some(steps);
+    cfg.teleop = Some(vw2_policy::runtime::TeleopLink {
+        control: Control::Takeover,
+        takeover: TakeoverConfig::default(),
+        feed: Arc::new(feed),
+    });
+    run(
+        Box::new(io),
+        Box::new(NullPlanner::new([32, 32], 4)),
+        None,
+        cfg,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap()
+}
+
+/// The runtime (what the ROS node runs) with an operator in takeover mode:
+/// input from 0.3 s to 0.6 s takes over once, control returns 1 s after the
+/// release.
+#[test]
+fn takeover_in_the_runtime_switches_once_and_hands_back() {
+    let r = teleop_run(
+        ScriptedFeed {
+            from: 0.3,
+            to: 0.6,
+            silent_from: f64::INFINITY,
+        },
+        60,
+    );
+    let t = r.teleop.expect("teleop stats");
+    assert_eq!((t.interventions, t.hand_backs), (1, 1), "{t:?}");
+    assert!((37..=39).contains(&t.operator_ticks), "{t:?}");
+    assert_eq!(t.policy_ticks + t.operator_ticks, 60);
+    assert_eq!(t.held_ticks, 0);
+}
+
+/// A stream that goes silent holds, goes quiet and ends the lockstep run; the
+/// policy never gets the arm back.
+#[test]
+fn a_silent_operator_in_the_runtime_holds_and_stops() {
+    let r = teleop_run(
+        ScriptedFeed {
+            from: 0.0,
+            to: 0.0,
+            silent_from: 0.5,
+        },
+        120,
+    );
+    let t = r.teleop.expect("teleop stats");
+    assert_eq!(r.ended_by, "safety silent");
+    // 0.5 s of policy, 0.25 s until stale, then the holds.
+    assert!((22..=24).contains(&t.policy_ticks), "{t:?}");
+    assert!(t.held_ticks >= 3, "{t:?}");
+    assert!(r.ticks < 40, "{}", r.ticks);
+}

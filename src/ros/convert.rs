@@ -76,6 +76,27 @@ pub fn frame_time_on_runtime_clock(stamp_s: Option<f64>, ros_now_s: f64, mono_no
     }
 }
 
+/// An operator's `TwistStamped` (m/s, rad/s; the convention of
+/// `teleop_twist_joy`, `spacenav` and MoveIt Servo) as an operator command for
+/// a `rate_hz` control loop, stamped on the runtime clock (a zero stamp: now).
+pub fn twist_to_operator_command(
+    m: &TwistStamped,
+    ros_now_s: f64,
+    mono_now_s: f64,
+    rate_hz: f64,
+) -> crate::teleop::operator::OperatorCommand {
+    let stamp = (!stamp_is_zero(&m.header.stamp)).then(|| stamp_to_seconds(&m.header.stamp));
+    let l = &m.twist.linear;
+    let a = &m.twist.angular;
+    crate::teleop::operator::OperatorCommand::from_twist(
+        frame_time_on_runtime_clock(stamp, ros_now_s, mono_now_s),
+        [l.x, l.y, l.z],
+        [a.x, a.y, a.z],
+        None,
+        rate_hz,
+    )
+}
+
 fn header(stamp: Time, frame_id: &str) -> Header {
     Header {
         stamp,

@@ -13,7 +13,8 @@
 //! | `~/joint_states` | sensor_msgs/JointState | sensor data | arm and finger joints |
 //! | `~/tcp_pose` | geometry_msgs/PoseStamped | sensor data | measured TCP (or flange) pose in the base frame |
 //! | `~/instruction` | std_msgs/String | reliable | task instruction |
-//! | `~/teleop_cmd` | geometry_msgs/TwistStamped | reliable | counted (shadow mode later) |
+//! | `~/teleop_cmd` | geometry_msgs/TwistStamped | reliable | operator twist (`teleop_mode`: shadow / takeover) |
+//! | `~/teleop_gripper` | std_msgs/Float64 | reliable | operator gripper input (> 0 open) |
 //! | `~/enable` | std_msgs/Bool | reliable | starts disabled |
 //! | `~/estop` | std_msgs/Bool | reliable | true latches |
 //! | `/servo_node/delta_twist_cmds` | geometry_msgs/TwistStamped | reliable | `servo_twist` |
@@ -38,24 +39,46 @@ use super::convert::{
     frame_time_on_runtime_clock, gripper_to_float64, gripper_to_float64_array, image_to_raw_frame,
     intrinsics_mismatch, joint_state_to_proprio, joint_target_to_float64_array,
     joint_target_to_joint_trajectory, pose_to_tcp, safe_command_to_twist, seconds_to_stamp,
-    stamp_is_zero, stamp_to_seconds, strip_to_image, JointCommander, JointIk, LiveDiagnostics,
-    TwistSettings,
+    stamp_is_zero, stamp_to_seconds, strip_to_image, twist_to_operator_command, JointCommander,
+    JointIk, LiveDiagnostics, TwistSettings,
 };
 use super::io::{
     Action, CommandOutput, PublishingRenderer, RateMeter, RosInputs, RosIo, SharedPlanner,
     StripSlot, Supervisor, RESTART,
 };
-use super::params::{CommandMode, GripperMode, NodeParams, TcpPoseFrame, NODE_NAME};
+use super::params::{CommandMode, GripperMode, NodeParams, TcpPoseFrame, TeleopMode, NODE_NAME};
 use crate::policy::{LoadedPolicy, Policy, PolicyOptions};
 use crate::runtime::clock::now_s;
 use crate::runtime::{run, DecoderRenderer, Planner, Renderer, RunReport, RuntimeConfig};
 use crate::safety::{CommandKind, GripperState, SafeCommand};
+use crate::teleop::arbiter::{Control, TakeoverConfig};
+use crate::teleop::operator::OperatorInbox;
 
 use r2r::diagnostic_msgs::msg::DiagnosticArray;
 use r2r::geometry_msgs::msg::{PoseStamped, TwistStamped};
 use r2r::sensor_msgs::msg::{CameraInfo, Image, JointState};
 use r2r::std_msgs::msg::{Bool, Float64, Float64MultiArray, String as RosString};
 use r2r::trajectory_msgs::msg::JointTrajectory;
+
+/// The runtime's teleop link for `teleop_mode` (`None` when off).
+fn teleop_link(
+    params: &NodeParams,
+    inbox: &Arc<OperatorInbox>,
+) -> Option<crate::runtime::TeleopLink> {
+    let control = match params.teleop_mode {
+        TeleopMode::Off => return None,
+        TeleopMode::Shadow => Control::Shadow,
+        TeleopMode::Takeover => Control::Takeover,
+    };
+    Some(crate::runtime::TeleopLink {
+        control,
+        takeover: TakeoverConfig {
+            deadband: params.teleop_deadband,
+            release_s: params.teleop_release_s,
+        },
+        feed: inbox.clone(),
+    })
+}
 
 /// ROS time minus runtime-clock time (s), shared with the output thread for stamps.
 #[derive(Clone, Default)]
@@ -271,6 +294,9 @@ pub fn run_node(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<()> {
     let mut tcp_sub = sub::<PoseStamped>(&mut node, &t.tcp_pose, sensor)?;
     let mut instruction_sub = sub::<RosString>(&mut node, &t.instruction, QosProfile::default())?;
     let mut teleop_sub = sub::<TwistStamped>(&mut node, &t.teleop_cmd, QosProfile::default())?;
+    let mut teleop_gripper_sub =
+        sub::<Float64>(&mut node, &t.teleop_gripper, QosProfile::default())?;
+    let operator_inbox = Arc::new(OperatorInbox::default());
     let mut enable_sub = sub::<Bool>(&mut node, &t.enable, QosProfile::default())?;
     let mut estop_sub = sub::<Bool>(&mut node, &t.estop, QosProfile::default())?;
 
@@ -406,7 +432,18 @@ pub fn run_node(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<()> {
         drain(&mut instruction_sub, |m: RosString| {
             supervisor.on_instruction(&m.data)
         });
-        drain(&mut teleop_sub, |_m: TwistStamped| live.teleop_msgs += 1);
+        drain(&mut teleop_sub, |m: TwistStamped| {
+            live.teleop_msgs += 1;
+            operator_inbox.push(twist_to_operator_command(
+                &m,
+                ros_now,
+                mono,
+                params.safety.control_rate_hz,
+            ));
+        });
+        drain(&mut teleop_gripper_sub, |m: Float64| {
+            operator_inbox.push_gripper(m.data)
+        });
         while let Some(line) = supervisor.log.pop_front() {
             tracing::warn!("{line}");
         }
@@ -462,6 +499,7 @@ pub fn run_node(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<()> {
                 };
                 let mut cfg = RuntimeConfig::new(params.safety.clone(), &instruction);
                 cfg.frame_timeout_s = params.frame_timeout_s;
+                cfg.teleop = teleop_link(&params, &operator_inbox);
                 let planner = Box::new(SharedPlanner::new(planner.clone(), inputs.clone()));
                 let renderer = renderer.clone().map(|r| {
                     Box::new(PublishingRenderer::new(r, strip.clone())) as Box<dyn Renderer>

@@ -105,6 +105,27 @@ pub enum TcpPoseFrame {
     Flange,
 }
 
+/// Whether and how an operator shares control (`teleop_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TeleopMode {
+    /// The policy alone; operator messages are only counted.
+    #[default]
+    Off,
+    /// The operator drives; the policy plans and is counted, never executed.
+    Shadow,
+    /// The policy drives; operator input beyond the deadband takes over.
+    Takeover,
+}
+
+fn default_teleop_deadband() -> f64 {
+    crate::teleop::arbiter::TakeoverConfig::default().deadband
+}
+
+fn default_teleop_release_s() -> f64 {
+    crate::teleop::arbiter::TakeoverConfig::default().release_s
+}
+
 /// Topic names (relative names resolve in the node's namespace, `~/` in its name).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -119,8 +140,11 @@ pub struct Topics {
     pub tcp_pose: String,
     /// `std_msgs/String` in: the task instruction.
     pub instruction: String,
-    /// `geometry_msgs/TwistStamped` in: teleoperation (recorded for a later shadow mode).
+    /// `geometry_msgs/TwistStamped` in: the operator's twist (m/s, rad/s), as
+    /// `teleop_twist_joy`, `spacenav` and MoveIt Servo publish it.
     pub teleop_cmd: String,
+    /// `std_msgs/Float64` in: the operator's gripper input (> 0 open, ≤ 0 close).
+    pub teleop_gripper: String,
     /// `std_msgs/Bool` in: true enables the policy, false disables it.
     pub enable: String,
     /// `std_msgs/Bool` in: true latches the e-stop.
@@ -148,6 +172,7 @@ impl Default for Topics {
             tcp_pose: "~/tcp_pose".into(),
             instruction: "~/instruction".into(),
             teleop_cmd: "~/teleop_cmd".into(),
+            teleop_gripper: "~/teleop_gripper".into(),
             enable: "~/enable".into(),
             estop: "~/estop".into(),
             twist_cmd: "/servo_node/delta_twist_cmds".into(),
@@ -286,6 +311,19 @@ pub struct NodeParams {
     /// Temporal ensembling decay m (weights exp(−m·i), oldest chunk first; use with `replan_every: 1`).
     #[serde(default)]
     pub ensemble_decay: Option<f64>,
+    /// Teleop: `off` (the policy alone), `shadow` (the operator on `topics.teleop_cmd`
+    /// drives, the policy is only planned and counted) or `takeover` (the policy
+    /// drives until operator input beyond `teleop_deadband` takes over).
+    #[serde(default)]
+    pub teleop_mode: TeleopMode,
+    /// Takeover: the largest operator motion that is no input, in CALVIN units
+    /// (0.02 m and 0.05 rad per control period).
+    #[serde(default = "default_teleop_deadband")]
+    pub teleop_deadband: f64,
+    /// Takeover: how long the operator must stay inside the deadband before the
+    /// policy drives again (s).
+    #[serde(default = "default_teleop_release_s")]
+    pub teleop_release_s: f64,
     /// The safety envelope (every [`SafetyConfig`] field, same units). Required:
     /// there is no default envelope for a real robot. `control_rate_hz` is the
     /// node's command rate.
@@ -645,6 +683,12 @@ impl NodeParams {
         if self.tcp_pose_frame == TcpPoseFrame::Flange && self.calibration_path().is_none() {
             bail!("parameter `tcp_pose_frame`: `flange` needs a `calibration` (its tool_to_flange), found none");
         }
+        crate::teleop::arbiter::TakeoverConfig {
+            deadband: self.teleop_deadband,
+            release_s: self.teleop_release_s,
+        }
+        .validate()
+        .map_err(|e| anyhow!("parameters `teleop_deadband` / `teleop_release_s`: {e}"))?;
         let t = &self.topics;
         for (name, v) in [
             ("image", &t.image),
@@ -653,6 +697,7 @@ impl NodeParams {
             ("tcp_pose", &t.tcp_pose),
             ("instruction", &t.instruction),
             ("teleop_cmd", &t.teleop_cmd),
+            ("teleop_gripper", &t.teleop_gripper),
             ("enable", &t.enable),
             ("estop", &t.estop),
             ("twist_cmd", &t.twist_cmd),

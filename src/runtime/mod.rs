@@ -20,5 +20,5 @@ pub mod stages;
 
 pub use stages::{
     run, BusyRenderer, DecoderRenderer, NullPlanner, PhaseAligner, Planner, Renderer, RunReport,
-    RuntimeConfig,
+    RuntimeConfig, TeleopLink, TeleopStats,
 };

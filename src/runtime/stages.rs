@@ -18,7 +18,11 @@ use crate::io::RgbImage;
 use crate::model::dldm::Dldm;
 use crate::model::head::ACTION_DIM;
 use crate::policy::{Plan, Policy};
-use crate::safety::{ActionRequest, CommandKind, GripperState, SafetyConfig, SafetyLayer};
+use crate::safety::{
+    ActionRequest, CommandKind, GripperState, SafeCommand, SafetyConfig, SafetyLayer,
+};
+use crate::teleop::arbiter::{Arbiter, Control, Decision, Switch, TakeoverConfig};
+use crate::teleop::operator::OperatorFeed;
 
 /// Something that turns frames into plans (the closed-loop policy, or a
 /// model-free stand-in for measuring the runtime itself).
@@ -188,6 +192,45 @@ pub struct RuntimeConfig {
     /// (1–99) while the run lasts, when the process may (CAP_SYS_NICE or root;
     /// otherwise it logs and keeps the normal priority). `None`: never.
     pub actuate_rt_priority: Option<i32>,
+    /// Teleop (shadow or takeover): the operator's stream and how control is
+    /// shared, arbitrated every actuate tick before the safety layer.
+    /// `None`: the policy alone.
+    pub teleop: Option<TeleopLink>,
+}
+
+/// The operator's side of a run: see [`crate::teleop::arbiter`].
+#[derive(Clone)]
+pub struct TeleopLink {
+    /// How control is shared (shadow or takeover).
+    pub control: Control,
+    /// Deadband and release time.
+    pub takeover: TakeoverConfig,
+    /// Where operator messages come from (the ROS subscription's inbox).
+    pub feed: Arc<dyn OperatorFeed>,
+}
+
+impl std::fmt::Debug for TeleopLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TeleopLink")
+            .field("control", &self.control)
+            .field("takeover", &self.takeover)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who drove the ticks of a teleop run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TeleopStats {
+    /// Ticks the policy's request went to the safety layer.
+    pub policy_ticks: u64,
+    /// Ticks the operator's command went to the safety layer.
+    pub operator_ticks: u64,
+    /// Ticks held by the arbiter (stale or corrupt operator stream).
+    pub held_ticks: u64,
+    /// Takeovers (takeover mode).
+    pub interventions: u64,
+    /// Hand-backs to the policy.
+    pub hand_backs: u64,
 }
 
 impl RuntimeConfig {
@@ -202,6 +245,7 @@ impl RuntimeConfig {
             frame_timeout_s: 30.0,
             phase_lead_s: Some(0.001),
             actuate_rt_priority: Some(80),
+            teleop: None,
         }
     }
 }
@@ -235,6 +279,8 @@ pub struct RunReport {
     pub render_time: Summary,
     /// Safety events by kind.
     pub safety_events: std::collections::BTreeMap<String, u64>,
+    /// Teleop runs: who drove.
+    pub teleop: Option<TeleopStats>,
     /// Why the run ended.
     pub ended_by: String,
     /// Newest imagined strips `(plan control step, image)`.
@@ -502,6 +548,10 @@ pub fn run(
             latency: Histogram::default(),
             jitter: Histogram::default(),
             pending_latency: None,
+            teleop: cfg.teleop.as_ref().map(|t| {
+                let stale = cfg.safety.stale_timeout_s;
+                (Arbiter::new(t.control, t.takeover, stale), t.feed.clone())
+            }),
         };
         let ended_by = if lockstep {
             act.run_lockstep(&plan_rx, &cfg, &stop)
@@ -739,6 +789,8 @@ struct Actuate<'a> {
     jitter: Histogram,
     /// Wall time of the frame behind the newest plan, until a command uses it.
     pending_latency: Option<Instant>,
+    /// Teleop: the arbiter and the operator's feed.
+    teleop: Option<(Arbiter, Arc<dyn OperatorFeed>)>,
 }
 
 impl Actuate<'_> {
@@ -767,10 +819,42 @@ impl Actuate<'_> {
         Some(ActionRequest::from_calvin_relative(plan.t, a, 0.02, 0.05))
     }
 
+    /// The safety layer's answer for this tick: the policy's request, or the
+    /// arbiter's choice when an operator is in the loop.
+    fn arbitrate(&mut self, now: f64) -> Option<SafeCommand> {
+        let req = self.request(now);
+        let Some((arbiter, feed)) = &mut self.teleop else {
+            return self.safety.process(now, req.as_ref());
+        };
+        let gripper = self.safety.gripper();
+        let (decision, switch) = arbiter.tick(now, feed.poll(now), gripper);
+        let stats = self.report.teleop.get_or_insert_with(Default::default);
+        match switch {
+            Some(Switch::TakeOver) => stats.interventions += 1,
+            Some(Switch::HandBack) => stats.hand_backs += 1,
+            None => {}
+        }
+        match decision {
+            Decision::Policy => {
+                stats.policy_ticks += 1;
+                self.safety.process(now, req.as_ref())
+            }
+            Decision::Operator(c) => {
+                stats.operator_ticks += 1;
+                let a = c.calvin_action(gripper.as_calvin());
+                let op = ActionRequest::from_calvin_relative(c.t, a, 0.02, 0.05);
+                self.safety.process(now, Some(&op))
+            }
+            Decision::Hold(cause) => {
+                stats.held_ticks += 1;
+                self.safety.process_hold(now, cause.event_kind())
+            }
+        }
+    }
+
     fn tick(&mut self, now: f64) -> Result<bool> {
         self.report.ticks += 1;
-        let req = self.request(now);
-        match self.safety.process(now, req.as_ref()) {
+        match self.arbitrate(now) {
             Some(cmd) => {
                 self.sink.send(&cmd)?;
                 if let Some(w) = self.pending_latency.take() {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::operator::OperatorCommand;
 use super::Driver;
-use crate::safety::GripperState;
+use crate::safety::{GripperState, InputKind, SafetyEventKind};
 
 /// Takeover settings. YAML keys are the field names.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -87,6 +87,19 @@ pub enum HoldCause {
         /// The offending field.
         field: &'static str,
     },
+}
+
+impl HoldCause {
+    /// The safety event a hold for this cause records.
+    pub fn event_kind(self) -> SafetyEventKind {
+        match self {
+            Self::OperatorStale { age_s } => SafetyEventKind::Stale {
+                input: InputKind::Operator,
+                age_s,
+            },
+            Self::OperatorNonFinite { field } => SafetyEventKind::NonFinite { field },
+        }
+    }
 }
 
 /// [`HoldCause`] as read back from a log.

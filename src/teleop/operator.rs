@@ -179,6 +179,43 @@ impl OperatorCommand {
     }
 }
 
+/// Operator messages for the real-time pipeline (`runtime::run`), polled once
+/// per actuate tick.
+pub trait OperatorFeed: Send + Sync {
+    /// The newest message that arrived since the last poll, if any.
+    fn poll(&self, now: f64) -> Option<OperatorCommand>;
+}
+
+/// The newest operator message, written by a subscriber (the ROS node's
+/// `~/teleop_cmd` and `~/teleop_gripper`) and taken by the actuate tick.
+#[derive(Debug, Default)]
+pub struct OperatorInbox {
+    latest: std::sync::Mutex<Option<OperatorCommand>>,
+    /// A gripper input waiting for the next motion message.
+    gripper: std::sync::Mutex<Option<f64>>,
+}
+
+impl OperatorInbox {
+    /// A motion message (with any gripper input that came before it).
+    pub fn push(&self, mut c: OperatorCommand) {
+        if c.gripper.is_none() {
+            c.gripper = self.gripper.lock().expect("inbox poisoned").take();
+        }
+        *self.latest.lock().expect("inbox poisoned") = Some(c);
+    }
+
+    /// A gripper input (> 0 open, ≤ 0 close), sent with the next motion message.
+    pub fn push_gripper(&self, g: f64) {
+        *self.gripper.lock().expect("inbox poisoned") = Some(g);
+    }
+}
+
+impl OperatorFeed for OperatorInbox {
+    fn poll(&self, _now: f64) -> Option<OperatorCommand> {
+        self.latest.lock().expect("inbox poisoned").take()
+    }
+}
+
 /// What an operator knows about the run at a tick.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OperatorContext {

@@ -21,8 +21,8 @@ use crate::io::env_adapter::EnvAdapter;
 use crate::io::robot::tcp_from_robot_obs;
 use crate::io::Observation;
 use crate::safety::{
-    ActionRequest, CommandKind, GripperState, InputKind, SafeCommand, SafetyConfig, SafetyEvent,
-    SafetyEventKind, SafetyLayer, TcpPose,
+    ActionRequest, CommandKind, GripperState, SafeCommand, SafetyConfig, SafetyEvent, SafetyLayer,
+    TcpPose,
 };
 
 /// Who issued what reached the env this tick.
@@ -297,20 +297,11 @@ impl Pipeline {
                 let req = ActionRequest::from_calvin_relative(c.t, a, REL_XYZ_M, REL_EULER_RAD);
                 (Issuer::Operator, None, self.safety.process(t, Some(&req)))
             }
-            Decision::Hold(cause) => {
-                let kind = match cause {
-                    HoldCause::OperatorStale { age_s } => SafetyEventKind::Stale {
-                        input: InputKind::Operator,
-                        age_s,
-                    },
-                    HoldCause::OperatorNonFinite { field } => SafetyEventKind::NonFinite { field },
-                };
-                (
-                    Issuer::Arbiter,
-                    Some(cause),
-                    self.safety.process_hold(t, kind),
-                )
-            }
+            Decision::Hold(cause) => (
+                Issuer::Arbiter,
+                Some(cause),
+                self.safety.process_hold(t, cause.event_kind()),
+            ),
         };
         let executed = match &command {
             Some(c) => c.relative_action(&tcp, REL_XYZ_M, REL_EULER_RAD),
