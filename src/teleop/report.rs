@@ -328,6 +328,11 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// A count cell (shown as an integer; `report.json` holds an integer).
+fn count(html: &mut String, key: &str, v: usize) {
+    let _ = write!(html, "<td class=\"num\" data-key=\"{}\">{v}</td>", esc(key));
+}
+
 fn cell(html: &mut String, key: &str, v: f64) {
     let _ = write!(
         html,
@@ -495,7 +500,7 @@ pub fn html(r: &Report) -> String {
     h.push_str("</tr>");
     for (name, p) in &r.parties {
         let _ = write!(h, "<tr><td>{}</td>", esc(name));
-        cell(&mut h, &format!("parties.{name}.chains"), p.chains as f64);
+        count(&mut h, &format!("parties.{name}.chains"), p.chains);
         cell(&mut h, &format!("parties.{name}.avg_len"), p.avg_len);
         for (k, v) in p.sr.iter().enumerate() {
             cell(&mut h, &format!("parties.{name}.sr.{k}"), *v);
@@ -528,8 +533,8 @@ pub fn html(r: &Report) -> String {
         for (party, t) in ps {
             let k = format!("tasks.{task}.{party}");
             let _ = write!(h, "<tr><td>{}</td><td>{}</td>", esc(task), esc(party));
-            cell(&mut h, &format!("{k}.attempts"), t.attempts as f64);
-            cell(&mut h, &format!("{k}.successes"), t.successes as f64);
+            count(&mut h, &format!("{k}.attempts"), t.attempts);
+            count(&mut h, &format!("{k}.successes"), t.successes);
             cell(&mut h, &format!("{k}.success_rate"), t.success_rate);
             match t.ci95 {
                 Some([lo, hi]) => {
@@ -565,7 +570,7 @@ pub fn html(r: &Report) -> String {
             let _ = write!(h, "<th>MAE {a}</th>");
         }
         h.push_str("<th>gripper agreement</th></tr><tr>");
-        cell(&mut h, "shadow.ticks", s.ticks as f64);
+        count(&mut h, "shadow.ticks", s.ticks);
         cell(&mut h, "shadow.mean_cosine", s.mean_cosine);
         for (i, v) in s.mae.iter().enumerate() {
             cell(&mut h, &format!("shadow.mae.{i}"), *v);
@@ -604,7 +609,7 @@ pub fn html(r: &Report) -> String {
 
     if let Some(t) = &r.takeover {
         h.push_str("<h2>Takeover mode</h2><table><tr><th>interventions</th><th>per minute</th><th>autonomy ratio</th></tr><tr>");
-        cell(&mut h, "takeover.interventions", t.interventions as f64);
+        count(&mut h, "takeover.interventions", t.interventions);
         cell(
             &mut h,
             "takeover.interventions_per_minute",
@@ -614,15 +619,15 @@ pub fn html(r: &Report) -> String {
         h.push_str("</tr></table><table><tr><th>task</th><th>attempts</th><th>interventions</th><th>per minute</th></tr>");
         for (task, ti) in &t.per_task {
             let _ = write!(h, "<tr><td>{}</td>", esc(task));
-            cell(
+            count(
                 &mut h,
                 &format!("takeover.per_task.{task}.attempts"),
-                ti.attempts as f64,
+                ti.attempts,
             );
-            cell(
+            count(
                 &mut h,
                 &format!("takeover.per_task.{task}.interventions"),
-                ti.interventions as f64,
+                ti.interventions,
             );
             cell(
                 &mut h,
