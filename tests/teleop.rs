@@ -63,6 +63,7 @@ fn session(mode: Mode, control: Control, ep_len: usize) -> SessionConfig {
         takeover: TakeoverConfig::default(),
         safety: SafetyConfig::calvin_default(),
         ep_len,
+        realtime: false,
     }
 }
 
@@ -307,6 +308,7 @@ fn a_nan_operator_message_holds_and_is_logged() {
 
 fn options(mode: Mode, out: &Path, chains: Vec<(usize, Chain)>) -> TeleopOptions {
     TeleopOptions {
+        input: vw2_policy::teleop::run::OperatorInput::Scripted,
         mode,
         policy: vw2_policy::eval::PolicySpec::Noop,
         operator: ScriptedOperatorConfig {

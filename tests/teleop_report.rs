@@ -19,6 +19,7 @@ use vw2_policy::teleop::Mode;
 
 fn options(mode: Mode, out: &Path, chains: Vec<(usize, Chain)>) -> TeleopOptions {
     TeleopOptions {
+        input: vw2_policy::teleop::run::OperatorInput::Scripted,
         mode,
         policy: vw2_policy::eval::PolicySpec::Random { seed: 4 },
         operator: ScriptedOperatorConfig {

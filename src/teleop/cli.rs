@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use super::arbiter::{Control, TakeoverConfig};
 use super::operator::ScriptedOperatorConfig;
 use super::record::read_ticks;
-use super::run::{run_teleop, PairOrder, TeleopOptions};
+use super::run::{run_teleop, OperatorInput, PairOrder, TeleopOptions};
 use super::session::{replay, SessionConfig, TickLog};
 use super::Mode;
 use crate::eval::chains::official_chains;
@@ -61,6 +61,10 @@ pub struct RunArgs {
     /// Paired mode: who goes first.
     #[arg(long, value_enum, default_value = "policy-first")]
     pub order: PairOrder,
+    /// Who operates: the scripted operator, or you at this terminal's keyboard
+    /// or on a gamepad (real-time pace; the key or button map is printed).
+    #[arg(long, value_enum, default_value = "scripted")]
+    pub input: OperatorInput,
     /// Scripted operator settings (YAML: noise_std, delay_steps, hesitation_prob,
     /// hesitation_s, intervene_after_s, intervene_for_s, stop_after, seed).
     #[arg(long)]
@@ -127,6 +131,7 @@ pub fn options(a: &RunArgs) -> Result<TeleopOptions> {
     let mut env = EnvConfig::new(&a.backend);
     env.args = a.sim_args.clone();
     Ok(TeleopOptions {
+        input: a.input,
         mode: a.mode,
         policy: PolicySpec::parse(&a.policy, a.seed)?,
         operator: operator_config(a.operator.as_deref())?,
@@ -216,6 +221,7 @@ pub fn run(cmd: TeleopCommand) -> Result<()> {
                     takeover: summary.takeover,
                     safety: safety.clone(),
                     ep_len: summary.ep_len,
+                    realtime: false,
                 };
                 let again = replay(&mine, &cfg)?;
                 total += mine.len();

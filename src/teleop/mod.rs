@@ -5,6 +5,8 @@
 //!   twist in m/s and rad/s), the [`operator::Operator`] trait and the
 //!   scripted operator (the simulator's expert with noise, delay and
 //!   hesitation) that stands in for a person in tests and benchmarks;
+//!   [`keyboard`]: keyboard teleop of a simulator in a terminal;
+//!   [`gamepad`]: gamepad teleop (gilrs);
 //! - [`arbiter`]: who drives each tick (shadow, takeover with a deadband and
 //!   a release time, either party alone), a stale or corrupt operator stream
 //!   means hold;
@@ -18,6 +20,8 @@
 pub mod arbiter;
 pub mod bag;
 pub mod cli;
+pub mod gamepad;
+pub mod keyboard;
 pub mod operator;
 pub mod record;
 pub mod report;

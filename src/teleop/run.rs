@@ -35,9 +35,30 @@ pub enum PairOrder {
     Alternate,
 }
 
+/// Who the operator is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum OperatorInput {
+    /// The scripted operator (the expert with noise, delay, hesitation).
+    Scripted,
+    /// A person at this terminal's keyboard (the run is paced in real time).
+    Keyboard,
+    /// A person on the first gamepad gilrs finds (the run is paced in real time).
+    Gamepad,
+}
+
+impl OperatorInput {
+    /// Whether a person operates: the run is then paced at the control rate.
+    pub fn is_person(self) -> bool {
+        !matches!(self, Self::Scripted)
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct TeleopOptions {
+    /// Who the operator is.
+    pub input: OperatorInput,
     /// The mode.
     pub mode: Mode,
     /// The policy.
@@ -138,7 +159,11 @@ pub fn run_teleop(o: &TeleopOptions) -> Result<RunSummary> {
         o.safety.control_rate_hz
     );
     let mut policy = o.policy.instantiate()?;
-    let mut operator = ScriptedOperator::new(o.operator.clone(), rate)?;
+    let mut operator: Box<dyn Operator> = match o.input {
+        OperatorInput::Scripted => Box::new(ScriptedOperator::new(o.operator.clone(), rate)?),
+        OperatorInput::Keyboard => Box::new(super::keyboard::KeyboardOperator::new()?),
+        OperatorInput::Gamepad => Box::new(super::gamepad::GamepadOperator::new()?),
+    };
     let mut rec = RunRecorder::create(RecorderOptions {
         dir: o.out.clone(),
         mode: o.mode,
@@ -160,7 +185,7 @@ pub fn run_teleop(o: &TeleopOptions) -> Result<RunSummary> {
         wall_s: 0.0,
         complete: false,
     };
-    let bar = if o.progress {
+    let bar = if o.progress && !o.input.is_person() {
         indicatif::ProgressBar::new(o.chains.len() as u64)
     } else {
         indicatif::ProgressBar::hidden()
@@ -178,11 +203,12 @@ pub fn run_teleop(o: &TeleopOptions) -> Result<RunSummary> {
                 takeover: o.takeover,
                 safety: o.safety.clone(),
                 ep_len: o.ep_len,
+                realtime: o.input.is_person(),
             };
             let run = run_chain(
                 &mut env,
                 Some(policy.as_mut()),
-                Some(&mut operator as &mut dyn Operator),
+                Some(operator.as_mut()),
                 chain,
                 *index,
                 &cfg,

@@ -336,6 +336,9 @@ pub struct SessionConfig {
     pub safety: SafetyConfig,
     /// Step budget per subtask (CALVIN: 360).
     pub ep_len: usize,
+    /// Pace ticks at the control rate in wall time (a person at the keys);
+    /// `false`: as fast as the simulator steps.
+    pub realtime: bool,
 }
 
 impl SessionConfig {
@@ -482,6 +485,7 @@ pub fn run_chain(
         safety_events: Default::default(),
     };
     let mut tick = 0usize;
+    let wall0 = std::time::Instant::now();
     for (k, task) in chain.tasks.iter().enumerate() {
         let instruction = validation_sentence(task).unwrap_or(task.as_str());
         if let Some(p) = policy.as_deref_mut().filter(|_| needs_policy) {
@@ -504,6 +508,12 @@ pub fn run_chain(
         let recent_len = ((0.5 / dt).round() as usize).max(1);
         while steps < cfg.ep_len {
             let t = tick as f64 * dt;
+            if cfg.realtime {
+                let ahead = t - wall0.elapsed().as_secs_f64();
+                if ahead > 0.0 {
+                    std::thread::sleep(std::time::Duration::from_secs_f64(ahead));
+                }
+            }
             let tcp = tcp_from_robot_obs(&obs.robot_obs);
             positions.push([tcp.axis(0), tcp.axis(1), tcp.axis(2)]);
             let policy_action = match policy.as_deref_mut().filter(|_| needs_policy) {
