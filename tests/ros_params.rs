@@ -328,6 +328,7 @@ fn teleop_parameters_default_off_and_are_checked() {
     assert_eq!(p.teleop_mode, TeleopMode::Off);
     assert_eq!((p.teleop_deadband, p.teleop_release_s), (0.1, 1.0));
     assert_eq!(p.topics.teleop_gripper, "~/teleop_gripper");
+    assert_eq!(p.topics.teleop_gripper_closed, "~/teleop_gripper_closed");
     let p = NodeParams::from_yaml_str(&MINIMAL.replace(
         "policy: /tmp/p",
         "policy: /tmp/p\n    teleop_mode: takeover\n    teleop_release_s: 2.0",

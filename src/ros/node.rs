@@ -15,6 +15,7 @@
 //! | `~/instruction` | std_msgs/String | reliable | task instruction |
 //! | `~/teleop_cmd` | geometry_msgs/TwistStamped | reliable | operator twist (`teleop_mode`: shadow / takeover) |
 //! | `~/teleop_gripper` | std_msgs/Float64 | reliable | operator gripper input (> 0 open) |
+//! | `~/teleop_gripper_closed` | std_msgs/Bool | reliable | operator gripper button (true close) |
 //! | `~/enable` | std_msgs/Bool | reliable | starts disabled |
 //! | `~/estop` | std_msgs/Bool | reliable | true latches |
 //! | `/servo_node/delta_twist_cmds` | geometry_msgs/TwistStamped | reliable | `servo_twist` |
@@ -296,6 +297,8 @@ pub fn run_node(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<()> {
     let mut teleop_sub = sub::<TwistStamped>(&mut node, &t.teleop_cmd, QosProfile::default())?;
     let mut teleop_gripper_sub =
         sub::<Float64>(&mut node, &t.teleop_gripper, QosProfile::default())?;
+    let mut teleop_gripper_closed_sub =
+        sub::<Bool>(&mut node, &t.teleop_gripper_closed, QosProfile::default())?;
     let operator_inbox = Arc::new(OperatorInbox::default());
     let mut enable_sub = sub::<Bool>(&mut node, &t.enable, QosProfile::default())?;
     let mut estop_sub = sub::<Bool>(&mut node, &t.estop, QosProfile::default())?;
@@ -443,6 +446,9 @@ pub fn run_node(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<()> {
         });
         drain(&mut teleop_gripper_sub, |m: Float64| {
             operator_inbox.push_gripper(m.data)
+        });
+        drain(&mut teleop_gripper_closed_sub, |m: Bool| {
+            operator_inbox.push_gripper(if m.data { -1.0 } else { 1.0 })
         });
         while let Some(line) = supervisor.log.pop_front() {
             tracing::warn!("{line}");

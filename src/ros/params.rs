@@ -145,6 +145,8 @@ pub struct Topics {
     pub teleop_cmd: String,
     /// `std_msgs/Float64` in: the operator's gripper input (> 0 open, ≤ 0 close).
     pub teleop_gripper: String,
+    /// `std_msgs/Bool` in: the operator's gripper as a button (true close, false open).
+    pub teleop_gripper_closed: String,
     /// `std_msgs/Bool` in: true enables the policy, false disables it.
     pub enable: String,
     /// `std_msgs/Bool` in: true latches the e-stop.
@@ -173,6 +175,7 @@ impl Default for Topics {
             instruction: "~/instruction".into(),
             teleop_cmd: "~/teleop_cmd".into(),
             teleop_gripper: "~/teleop_gripper".into(),
+            teleop_gripper_closed: "~/teleop_gripper_closed".into(),
             enable: "~/enable".into(),
             estop: "~/estop".into(),
             twist_cmd: "/servo_node/delta_twist_cmds".into(),
@@ -698,6 +701,7 @@ impl NodeParams {
             ("instruction", &t.instruction),
             ("teleop_cmd", &t.teleop_cmd),
             ("teleop_gripper", &t.teleop_gripper),
+            ("teleop_gripper_closed", &t.teleop_gripper_closed),
             ("enable", &t.enable),
             ("estop", &t.estop),
             ("twist_cmd", &t.twist_cmd),
