@@ -11,9 +11,19 @@ fn home() -> TcpPose {
     TcpPose::new([0.05, -0.1, 0.5], [PI, 0.0, 1.5])
 }
 
+/// CALVIN's envelope with deltas added to the last target: the gating,
+/// debounce and watchdog mechanics below do not depend on the base, and this
+/// base needs no measured pose each tick.
+fn last_target_calvin() -> SafetyConfig {
+    SafetyConfig {
+        relative_base: RelativeBase::LastTarget,
+        ..SafetyConfig::calvin_default()
+    }
+}
+
 /// A CALVIN layer reset at `home()` at t = 0 with a frame at t = 0.
 fn calvin_layer() -> SafetyLayer {
-    let mut layer = SafetyLayer::new(SafetyConfig::calvin_default()).unwrap();
+    let mut layer = SafetyLayer::new(last_target_calvin()).unwrap();
     layer.reset(home(), GripperState::Open, 0.0).unwrap();
     layer.on_frame(0.0);
     layer
@@ -126,13 +136,11 @@ fn step_strategy() -> impl Strategy<Value = Step> {
 fn config_strategy() -> impl Strategy<Value = SafetyConfig> {
     let mut measured = tight_config();
     measured.relative_base = RelativeBase::Measured;
-    let mut calvin_measured = SafetyConfig::calvin_default();
-    calvin_measured.relative_base = RelativeBase::Measured;
     prop_oneof![
         Just(SafetyConfig::calvin_default()),
+        Just(last_target_calvin()),
         Just(tight_config()),
         Just(measured),
-        Just(calvin_measured),
     ]
 }
 
@@ -322,7 +330,7 @@ fn watchdog_holds_exactly_hold_repeats_then_goes_quiet() {
 
 #[test]
 fn no_frame_at_all_means_hold() {
-    let mut layer = SafetyLayer::new(SafetyConfig::calvin_default()).unwrap();
+    let mut layer = SafetyLayer::new(last_target_calvin()).unwrap();
     layer.reset(home(), GripperState::Open, 0.0).unwrap();
     let cmd = layer.process(0.0, Some(&small_move(0.0))).unwrap();
     assert_eq!(cmd.kind, CommandKind::Hold);
@@ -354,7 +362,7 @@ fn stale_request_holds() {
 
 #[test]
 fn uninitialized_layer_emits_nothing() {
-    let mut layer = SafetyLayer::new(SafetyConfig::calvin_default()).unwrap();
+    let mut layer = SafetyLayer::new(last_target_calvin()).unwrap();
     layer.on_frame(0.0);
     assert!(layer.process(0.0, Some(&small_move(0.0))).is_none());
     assert!(has_event(&layer, |k| *k == SafetyEventKind::NotInitialized));
@@ -488,7 +496,7 @@ fn estop_latches_until_reset_estop() {
 
 #[test]
 fn gripper_debounce_delays_fast_flips() {
-    let mut cfg = SafetyConfig::calvin_default();
+    let mut cfg = last_target_calvin();
     cfg.gripper_debounce_s = 0.5;
     let mut layer = SafetyLayer::new(cfg).unwrap();
     layer.reset(home(), GripperState::Open, 0.0).unwrap();
@@ -741,7 +749,7 @@ fn no_request_keeps_approaching_a_fresh_goal_then_holds() {
 #[test]
 fn free_yaw_turns_the_short_way_across_pi() {
     // CALVIN leaves yaw free: [−π, π] is the full circle.
-    let mut layer = SafetyLayer::new(SafetyConfig::calvin_default()).unwrap();
+    let mut layer = SafetyLayer::new(last_target_calvin()).unwrap();
     let start = TcpPose::new([0.0, 0.0, 0.5], [PI, 0.0, PI - 0.05]);
     layer.reset(start, GripperState::Open, 0.0).unwrap();
     let goal = TcpPose::new([0.0, 0.0, 0.5], [PI, 0.0, -PI + 0.05]);
@@ -760,4 +768,29 @@ fn free_yaw_turns_the_short_way_across_pi() {
     }
     let yaw = layer.last_target().unwrap().euler.z;
     assert!((wrap(yaw - (-PI + 0.05))).abs() < 1e-9, "{yaw}");
+}
+
+#[test]
+fn the_calvin_envelope_passes_a_valid_action_through_while_the_arm_lags() {
+    // The arm is stuck (pressing on a button): its measured pose does not move.
+    // Every valid CALVIN action must still reach the simulator unchanged; on
+    // the last target the deltas would pile up and the re-expressed action
+    // would drift away from what was asked.
+    let mut layer = SafetyLayer::new(SafetyConfig::calvin_default()).unwrap();
+    let stuck = TcpPose::new([-0.36, 0.17, 0.66], [PI - 0.01, 0.0, 1.88]);
+    layer.reset(stuck, GripperState::Open, 0.0).unwrap();
+    let asked = [0.3, -0.5, -1.0, 0.2, 0.1, -0.4, 1.0];
+    for k in 1..=60 {
+        let t = k as f64 / 30.0;
+        layer.on_frame(t);
+        layer.on_proprio(t, stuck);
+        let req = ActionRequest::from_calvin_relative(t, asked, 0.02, 0.05);
+        let cmd = layer.process(t, Some(&req)).unwrap();
+        assert_eq!(cmd.kind, CommandKind::Move, "tick {k}");
+        let executed = cmd.relative_action(&stuck, 0.02, 0.05);
+        for (e, a) in executed.iter().zip(asked) {
+            assert!((e - a).abs() < 1e-9, "tick {k}: {executed:?} vs {asked:?}");
+        }
+    }
+    assert!(layer.drain_events().is_empty());
 }

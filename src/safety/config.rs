@@ -170,6 +170,13 @@ impl SafetyConfig {
     /// (1.0 × 0.02 m and 1.0 × 0.05 rad at 30 Hz = 0.6 m/s and 1.5 rad/s),
     /// with margin: 1.0 m/s, 2.0 rad/s, 30 m/s², 90 rad/s² (a full step from
     /// rest in one tick). Gripper debounce 0.1 s, watchdog 0.25 s, 3 holds, 30 Hz.
+    ///
+    /// Relative requests are added to the **measured** pose, as PlayTable (and
+    /// calvin_env) apply a relative action: an action inside the envelope then
+    /// reaches the simulator unchanged. On the last target, a delta the arm
+    /// cannot follow (pressing on a button, a drawer at its stop) piles up in
+    /// the target, and every later action is re-expressed from a pose the arm
+    /// is not at.
     pub fn calvin_default() -> Self {
         Self {
             workspace_min: [-0.6, -0.6, 0.2],
@@ -184,7 +191,7 @@ impl SafetyConfig {
             stale_timeout_s: default_stale_timeout_s(),
             hold_repeats: default_hold_repeats(),
             control_rate_hz: default_control_rate_hz(),
-            relative_base: RelativeBase::LastTarget,
+            relative_base: RelativeBase::Measured,
         }
     }
 
