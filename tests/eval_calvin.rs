@@ -925,3 +925,30 @@ fn demo_defaults_to_the_bundled_policy_on_playtable() {
     let strips: Vec<_> = std::fs::read_dir(out.join("strips")).unwrap().collect();
     assert_eq!(strips.len(), lines(&out)[0].subtasks.len());
 }
+
+#[test]
+fn the_instruction_probe_plans_once_per_instruction_and_sees_the_instruction() {
+    use vw2_policy::eval::probe::probe_instructions;
+    use vw2_policy::io::env_adapter::EnvConfig;
+    let bundle = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tiny-policy"
+    ));
+    let chains = vec![(0, fake_chain()), (3, official_chains()[3].clone())];
+    let p = probe_instructions(bundle, &EnvConfig::new("fake"), &chains).unwrap();
+    assert_eq!(p.instructions, 34);
+    assert_eq!(p.starts.len(), 2);
+    assert_eq!(p.starts[1].chain, 3);
+    for s in &p.starts {
+        let tasks: Vec<&str> = s.plans.iter().map(|q| q.task.as_str()).collect();
+        let want: Vec<&str> = VALIDATION_SENTENCES.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tasks, want);
+        assert!(s.plans.iter().all(|q| q.predicted_codes.len() == 4));
+        // The tiny AR reads the instruction: its first codes differ between tasks.
+        assert!(s.distinct_codes >= 2, "{s:?}");
+        assert!(s.distinct_codes <= 34 && s.distinct_actions <= 34);
+    }
+    // Deterministic: the same probe again gives the same plans.
+    let again = probe_instructions(bundle, &EnvConfig::new("fake"), &chains).unwrap();
+    assert_eq!(again, p);
+}

@@ -11,6 +11,7 @@
 //! - [`metrics`] and [`store`]: SR(1..5), Avg. Len., per-task rates, CALVIN's
 //!   `results.json` layout, shard merging;
 //! - [`failures`]: PNG strips of failed subtasks;
+//! - [`probe`]: instruction sensitivity of a bundle's first plan;
 //! - [`cli`]: the `vw2 eval` subcommands.
 
 pub mod chains;
@@ -20,6 +21,7 @@ pub mod failures;
 pub mod metrics;
 pub mod mt19937;
 pub mod policy;
+pub mod probe;
 pub mod runner;
 pub mod sentences;
 pub mod store;
