@@ -3,6 +3,7 @@
 //! Modules: [`model`] (dLDM, AR transformer, action head in candle) and
 //! [`policy`] (bundles and weight loading).
 
+pub mod base;
 pub mod calibration;
 pub mod cli;
 pub mod data;

@@ -716,7 +716,7 @@ fn shards_merged_equal_the_unsharded_run() {
 
 #[test]
 fn failure_strips_are_valid_pngs() {
-    use vw2_policy::eval::failures::encode_png;
+    use vw2_policy::base::image::encode_png;
     use vw2_policy::io::RgbImage;
     let (h, w) = (37, 53);
     let data: Vec<u8> = (0..h * w * 3)
@@ -726,7 +726,8 @@ fn failure_strips_are_valid_pngs() {
         height: h,
         width: w,
         data: data.clone(),
-    });
+    })
+    .unwrap();
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("x.png");
     std::fs::write(&p, &png).unwrap();
@@ -747,8 +748,15 @@ fn failure_strips_are_valid_pngs() {
          s = w * 3; rows = []; prev = bytes(s)\n\
          for y in range(h):\n\
          \x20   f = raw[y*(s+1)]; r = bytearray(raw[y*(s+1)+1:(y+1)*(s+1)])\n\
-         \x20   assert f in (0, 2)\n\
-         \x20   if f == 2: r = bytearray((a + c) & 255 for a, c in zip(r, prev))\n\
+         \x20   for i in range(s):\n\
+         \x20       a = r[i-3] if i >= 3 else 0; c = prev[i]; d = prev[i-3] if i >= 3 else 0\n\
+         \x20       if f == 1: r[i] = (r[i] + a) & 255\n\
+         \x20       elif f == 2: r[i] = (r[i] + c) & 255\n\
+         \x20       elif f == 3: r[i] = (r[i] + (a + c) // 2) & 255\n\
+         \x20       elif f == 4:\n\
+         \x20           pa, pb, pc = abs(c - d), abs(a - d), abs(a + c - 2 * d)\n\
+         \x20           r[i] = (r[i] + (a if pa <= pb and pa <= pc else c if pb <= pc else d)) & 255\n\
+         \x20       else: assert f == 0, f\n\
          \x20   rows.append(bytes(r)); prev = bytes(r)\n\
          sys.stdout.write(b''.join(rows).hex())",
         p = p.to_str().unwrap()

@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use vw2_policy::base::clock::now_s;
 use vw2_policy::io::robot::{Encoding, RawFrame};
 use vw2_policy::ros::convert::JointSample;
 use vw2_policy::ros::io::*;
-use vw2_policy::runtime::clock::now_s;
 use vw2_policy::runtime::{run, NullPlanner, Planner, RuntimeConfig};
 use vw2_policy::safety::{CommandKind, SafeCommand, SafetyConfig, TcpPose};
 

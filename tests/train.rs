@@ -391,6 +391,20 @@ fn ldm_loss_decreases_on_the_fake_dataset() {
         "loss {first} → {last}: {:?}",
         r.report.losses
     );
+    // The code-usage monitor counted the codes of the sampled clips.
+    let usage = r
+        .code_usage
+        .as_ref()
+        .expect("code usage of a completed run");
+    assert!(usage.clips > 0 && usage.latent_steps >= usage.clips);
+    assert!(usage.distinct >= 1 && usage.distinct <= 1000);
+    assert_eq!(usage.distinct_per_query.len(), 4);
+    assert!(usage
+        .distinct_per_query
+        .iter()
+        .all(|&d| d >= 1 && d <= usage.distinct));
+    assert!(usage.mse_own_codes.is_finite() && usage.mse_own_codes > 0.0);
+    assert!(usage.mse_other_codes.is_finite() && usage.mse_other_codes > 0.0);
     // Outputs: weights, the description for the next stage, a 30-row CSV.
     assert!(out.path().join("dldm.safetensors").is_file());
     assert!(out.path().join("ldm_output.yaml").is_file());
@@ -795,6 +809,42 @@ fn train_all_cli_chains_the_stages_into_a_bundle() {
         std::fs::read(policy.join("train/ar/ar.safetensors")).unwrap()
     );
     LoadedPolicy::load(&policy, &Device::Cpu).unwrap();
+    // `vw2 eval codes` scores the AR on the same codes the AR stage cached.
+    let report = out.path().join("codes.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_vw2"))
+        .args(["eval", "codes", "--policy"])
+        .arg(&policy)
+        .arg("--dataset")
+        .arg(fake_dataset())
+        .arg("--out")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let cache = load_st(&policy.join("train/ar/code_cache.safetensors"));
+    let mut cached = std::collections::BTreeSet::new();
+    let mut cached_steps = 0;
+    for (k, t) in &cache {
+        if k.ends_with(".codes") {
+            let v = t.to_vec1::<u32>().unwrap();
+            cached_steps += v.len() / 4;
+            cached.extend(v);
+        }
+    }
+    assert_eq!(r["steps"], cached_steps);
+    assert_eq!(r["distinct_codes"], cached.len());
+    assert_eq!(r["top1_per_query"].as_array().unwrap().len(), 4);
+    for k in ["top1", "step_exact", "first_step_top1"] {
+        let v = r[k].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{k} = {v}");
+    }
+    assert!(r["step_exact"].as_f64() <= r["top1"].as_f64());
+    assert!(r["dldm"]["clips"].as_u64().unwrap() > 0);
+    for k in ["mse_own_codes", "mse_other_codes"] {
+        let v = r["dldm"][k].as_f64().unwrap();
+        assert!(v.is_finite() && v > 0.0, "{k} = {v}");
+    }
     // A bad config key is refused with the file name.
     std::fs::write(&cfg, "ldm:\n  bogus: 1\n").unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_vw2"))
@@ -809,4 +859,109 @@ fn train_all_cli_chains_the_stages_into_a_bundle() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("all.yaml") && err.contains("bogus"), "{err}");
+}
+
+#[test]
+fn e2e_baseline_trains_on_the_labelled_episodes_and_plans_as_trained() {
+    use vw2_policy::eval::policy::E2eEvalPolicy;
+    use vw2_policy::io::Observation;
+    use vw2_policy::train::config::E2eStageConfig;
+    use vw2_policy::train::e2e::{train_e2e, E2eStage, E2eTrainOptions, LoadedE2e};
+    let dev = Device::Cpu;
+    let data = tempfile::tempdir().unwrap();
+    synthetic_dataset(data.path(), 10, 9, 5);
+    let cfg = E2eStageConfig {
+        image_size: [32, 32],
+        hidden: vec![32],
+        train: tiny_train(40, 8, 0),
+        ..Default::default()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let r = train_e2e(&E2eTrainOptions {
+        dataset: data.path().to_path_buf(),
+        out: out.path().to_path_buf(),
+        config: cfg.clone(),
+        label_fraction: 0.25,
+        seed: 3,
+        run: quiet(),
+    })
+    .unwrap();
+    assert!(r.report.completed);
+    // The head's labelled subset for the same seed and split: 2 of the 8
+    // training episodes, 6 windows of 4 actions in each 9-frame episode.
+    let (pool, val) = split_episodes(10, cfg.val_fraction, cfg.val_seed);
+    let labelled = label_subset(&pool, 0.25, 3).unwrap();
+    let split: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("split.json")).unwrap()).unwrap();
+    assert_eq!(split["labelled_episodes"], serde_json::json!(labelled));
+    assert_eq!(split["val_episodes"], serde_json::json!(val));
+    assert_eq!(r.labelled_episodes, 2);
+    assert_eq!(r.train_windows, 2 * 6);
+    let m = r.metrics.as_ref().expect("held-out episodes are scored");
+    assert_eq!(m.windows, 2 * 6);
+    assert_eq!(m.mae.len(), 7);
+    let losses = &r.report.losses;
+    let last: f64 = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
+    assert!(last < 0.8 * losses[0], "loss {} → {last}", losses[0]);
+
+    // Gradients reach the encoder's first conv and every other variable.
+    let ds = CalvinDataset::open(data.path()).unwrap();
+    let loaded = LoadedE2e::load(out.path(), &dev).unwrap();
+    let windows = vw2_policy::train::e2e::e2e_windows(
+        &ds,
+        &labelled,
+        &loaded.spec.model,
+        &loaded.spec.normalization,
+    )
+    .unwrap();
+    let stage = E2eStage::new(
+        ds,
+        &cfg,
+        &loaded.spec.model,
+        windows.clone(),
+        vec![],
+        0,
+        &dev,
+    )
+    .unwrap();
+    let loss = stage.loss(&[0, 5, 7]).unwrap();
+    let names: Vec<String> = named_vars(stage.varmap())
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("encoder.conv_in")),
+        "{names:?}"
+    );
+    assert_all_gradients(stage.varmap(), &loss, "e2e");
+
+    // Run time sees what training saw: the closed-loop plan for a recorded
+    // frame equals the trained network on the training path's input.
+    let w = &windows[3];
+    let ds = CalvinDataset::open(data.path()).unwrap();
+    let frame = CalvinFrame::read(ds.frame_path(w.frame)).unwrap();
+    let obs = Observation {
+        rgb_static: frame.rgb_static.clone(),
+        rgb_gripper: frame.rgb_gripper.clone(),
+        robot_obs: frame.robot_obs.to_vec(),
+        scene_obs: frame.scene_obs.to_vec(),
+    };
+    let mut policy = E2eEvalPolicy::load(out.path()).unwrap();
+    let ins = segments(&ds)
+        .into_iter()
+        .find(|s| s.start <= w.frame && w.frame <= s.end)
+        .unwrap()
+        .instruction;
+    vw2_policy::eval::policy::EvalPolicy::reset(&mut policy, "move", &ins).unwrap();
+    let planned = policy.plan(&obs).unwrap();
+    let frames = vw2_policy::train::data::StaticFrames::new(ds, [32, 32], 0)
+        .clips(&[vec![w.frame]], &dev)
+        .unwrap();
+    let p = Tensor::from_vec(w.proprio.clone(), (1, w.proprio.len()), &dev).unwrap();
+    let i = Tensor::from_vec(w.instruction.clone(), (1, w.instruction.len()), &dev).unwrap();
+    let trained = loaded.model.forward(&frames, &p, &i).unwrap();
+    let rows = vw2_policy::model::head::chunk_rows(&trained, 0).unwrap();
+    let want = vw2_policy::model::head::postprocess_calvin(&rows).unwrap();
+    assert_eq!(planned, want);
+    assert_eq!(planned.len(), 4);
 }

@@ -27,12 +27,23 @@ for f in policy.yaml dldm.safetensors ar.safetensors head.safetensors metrics.js
     cp "$WORK/run/$f" policies/playtable-small/
 done
 
-# Optional: what the codes carry (codebook usage, IDM probe R² on held-out episodes).
+# What the codes carry: the AR's next-code accuracy on a recording it never saw (its own
+# seed, 60 subtasks), and the codebook usage there.
+$VW2 record --backend playtable --chained 5 --episodes 60 --seed 1000000 --out "$WORK/heldout"
+$VW2 eval codes --policy policies/playtable-small --dataset "$WORK/heldout" --out "$WORK/codes.json"
+
+# The end-to-end baseline on the same labelled episodes (10%), for the comparison row.
+$VW2 train e2e --dataset "$WORK/dataset" --config policies/playtable-small/train.yaml \
+    --label-fraction 0.1 --seed "$SEED" --out "$WORK/e2e-10"
+
+# Optional: the IDM probe (codebook usage, R² of the actions from the codes on held-out episodes).
 # (cd python && ../.venv/bin/python -m vw2_sim_tools.probe_codes \
 #     --cache "$WORK/run/train/ar/code_cache.safetensors" --dataset "$WORK/dataset" \
 #     --split "$WORK/run/split.json")
 
-# Optional: the same head with every label, for the 10% vs 100% comparison.
+# Optional: the same head and the baseline with every label, for the 10% vs 100% rows.
+# $VW2 train e2e --dataset "$WORK/dataset" --config policies/playtable-small/train.yaml \
+#     --label-fraction 1.0 --seed "$SEED" --out "$WORK/e2e-100"
 # $VW2 finetune-head --dataset "$WORK/dataset" --policy "$WORK/run/train/ar/bundle" \
 #     --label-fraction 1.0 --seed "$SEED" --config policies/playtable-small/train.yaml \
 #     --out "$WORK/head-100"

@@ -21,7 +21,6 @@ pub mod hand_eye;
 pub mod types;
 pub mod undistort;
 
-use std::io::Write as _;
 use std::path::Path;
 
 pub use error::CalibrationError;
@@ -40,33 +39,9 @@ pub use undistort::{undistort_rgb, Undistorter};
 /// directory is written, synced and renamed over `path`, so readers see
 /// either the old or the new content, never a partial file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CalibrationError> {
-    let file = path.display().to_string();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "calibration".to_string());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let io = |action: &'static str| {
-        let file = file.clone();
-        move |error| CalibrationError::Io {
-            file,
-            action,
-            error,
-        }
-    };
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(io("create a temporary file for"))?;
-        f.write_all(bytes).map_err(io("write"))?;
-        f.sync_all().map_err(io("sync"))?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(io("rename the temporary file onto"))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::base::fs::write_atomic_io(path, bytes).map_err(|error| CalibrationError::Io {
+        file: path.display().to_string(),
+        action: "write",
+        error,
+    })
 }

@@ -17,25 +17,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Re-planning between latent steps and temporal ensembling of the chunks.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ReplanArgs {
-    /// Re-plan every K control steps inside a latent step (1..=s; default: at latent steps only).
-    #[arg(long)]
-    pub replan_every: Option<usize>,
-    /// Temporal ensembling with decay M: weights exp(−M·i), i = 0 the oldest chunk (use with --replan-every 1).
-    #[arg(long)]
-    pub ensemble_decay: Option<f64>,
-}
-
-impl ReplanArgs {
-    /// `options` with these settings.
-    pub fn apply(&self, mut options: crate::policy::PolicyOptions) -> crate::policy::PolicyOptions {
-        options.replan_every = self.replan_every.or(options.replan_every);
-        options.ensemble_decay = self.ensemble_decay.or(options.ensemble_decay);
-        options
-    }
-}
+use crate::policy::ReplanArgs;
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]

@@ -36,7 +36,6 @@ use anyhow::{anyhow, bail, ensure, Result};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// Length of `actions` and `rel_actions` (xyz, Euler xyz, gripper).
@@ -226,36 +225,7 @@ impl CalvinFrame {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file `.NAME.PID.tmp` in the same
-/// directory is written and fsynced, then renamed over `path`, then the directory is synced.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{}: not a file path", path.display()))?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let res = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        // Persist the rename; directories cannot be opened for sync on every platform.
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if let Err(e) = res {
-        let _ = fs::remove_file(&tmp);
-        bail!("{}: cannot write: {e}", path.display());
-    }
-    Ok(())
-}
+use crate::base::fs::write_atomic;
 
 // ---------------------------------------------------------------------------------------
 // ep_start_end_ids.npy
@@ -1137,7 +1107,7 @@ impl CalvinWriter {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let unfinished =
                     parse_frame_file_name(&name).is_some_and(|i| last_end.is_none_or(|l| i > l));
-                let temp = name.starts_with('.') && name.ends_with(".tmp");
+                let temp = crate::base::fs::is_tmp_name(&name);
                 if (unfinished && d == &dir) || temp {
                     let path = entry.path();
                     fs::remove_file(&path)

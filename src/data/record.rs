@@ -117,7 +117,7 @@ fn read_state(path: &Path) -> Result<Option<RecordState>> {
 
 fn write_state(path: &Path, st: RecordState) -> Result<()> {
     let text = serde_json::json!({ "next_attempt": st.next_attempt, "chain_done": st.chain_done });
-    crate::policy::weights::write_atomic(path, text.to_string().as_bytes())
+    crate::base::fs::write_atomic(path, text.to_string().as_bytes())
 }
 
 /// The CALVIN frame of `obs` and the relative action `rel` taken from it

@@ -56,6 +56,26 @@ pub enum EvalCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// What a bundle's codes carry on a dataset it did not train on: the AR's
+    /// teacher-forced next-code accuracy (all codes, first step, later steps,
+    /// against repeating the previous step) and the encoder's codebook usage.
+    Codes {
+        /// A policy bundle (`policy.yaml` or its folder).
+        #[arg(long)]
+        policy: PathBuf,
+        /// A CALVIN-format split the bundle did not train on.
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Encoder window in latent steps (as trained: train.yaml `ar.window_latent_steps`).
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        /// Latent steps per AR sequence (as trained: `ar.seq_steps`).
+        #[arg(long, default_value_t = 16)]
+        seq_steps: usize,
+        /// JSON report (written atomically).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// `vw2 eval calvin`.
@@ -99,7 +119,7 @@ pub struct CalvinArgs {
     pub seed: u64,
     /// Re-planning and temporal ensembling (bundles).
     #[command(flatten)]
-    pub replan: crate::cli::ReplanArgs,
+    pub replan: crate::policy::ReplanArgs,
     /// Evaluate the chains of this JSON file (as written by `calvin-chains`) instead of CALVIN's.
     #[arg(long)]
     pub chains_file: Option<PathBuf>,
@@ -139,7 +159,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
                 calvin_chains(num)
             };
             let text = serde_json::to_string(&chains)?;
-            super::store::write_atomic(&out, text.as_bytes())?;
+            crate::base::fs::write_atomic(&out, text.as_bytes())?;
             println!("wrote {} chains to {}", chains.len(), out.display());
             Ok(())
         }
@@ -170,7 +190,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
                 .map(|j| (j.index, j.chain))
                 .collect();
             let p = super::probe::probe_instructions(&policy, &EnvConfig::new(&backend), &jobs)?;
-            super::store::write_atomic(&out, serde_json::to_string_pretty(&p)?.as_bytes())?;
+            crate::base::fs::write_atomic(&out, serde_json::to_string_pretty(&p)?.as_bytes())?;
             println!(
                 "{} start states × {} instructions: distinct code tuples {:.2}, distinct action chunks {:.2}, mean pairwise chunk L2 {:.3} (CALVIN units); wrote {}",
                 p.starts.len(),
@@ -178,6 +198,34 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
                 p.mean_distinct_codes,
                 p.mean_distinct_actions,
                 p.mean_pairwise_action_l2,
+                out.display()
+            );
+            Ok(())
+        }
+        EvalCommand::Codes {
+            policy,
+            dataset,
+            window,
+            seq_steps,
+            out,
+        } => {
+            let r =
+                crate::train::ar::next_code_accuracy(&policy, &dataset, window, seq_steps, true)?;
+            crate::base::fs::write_atomic(&out, serde_json::to_string_pretty(&r)?.as_bytes())?;
+            println!(
+                "{} segments, {} latent steps: AR next-code top-1 {:.3} (first step {:.3}, later steps {:.3}; repeating the previous step {:.3}), all {} codes of a step right {:.3}; the encoder used {} codes {:?}; decoder MSE with own codes {:.5} vs another clip's {:.5}; wrote {}",
+                r.segments,
+                r.steps,
+                r.top1,
+                r.first_step_top1,
+                r.later_steps_top1,
+                r.repeat_previous_top1,
+                r.top1_per_query.len(),
+                r.step_exact,
+                r.distinct_codes,
+                r.distinct_per_query,
+                r.dldm.mse_own_codes,
+                r.dldm.mse_other_codes,
                 out.display()
             );
             Ok(())

@@ -42,7 +42,7 @@ pub struct DemoArgs {
     pub seed: u64,
     /// Re-planning and temporal ensembling.
     #[command(flatten)]
-    pub replan: crate::cli::ReplanArgs,
+    pub replan: crate::policy::ReplanArgs,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,

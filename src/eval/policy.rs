@@ -56,6 +56,11 @@ pub enum PolicySpec {
     Scripted,
     /// Zero motion, gripper open (harness overhead measurements).
     Noop,
+    /// The end-to-end baseline (`vw2 train e2e`): `e2e.yaml` or its folder.
+    EndToEnd {
+        /// The baseline path.
+        path: PathBuf,
+    },
     /// A VideoWorld 2 bundle: `policy.yaml` or its folder.
     Bundle {
         /// The bundle path.
@@ -66,12 +71,15 @@ pub enum PolicySpec {
 }
 
 impl PolicySpec {
-    /// Parses `random`, `scripted`, `noop` or a bundle path.
+    /// Parses `random`, `scripted`, `noop`, a bundle path or an end-to-end baseline path.
     pub fn parse(s: &str, seed: u64) -> Result<Self> {
         Ok(match s {
             "random" => Self::Random { seed },
             "scripted" => Self::Scripted,
             "noop" => Self::Noop,
+            path if is_e2e_path(Path::new(path)) => Self::EndToEnd {
+                path: PathBuf::from(path),
+            },
             path => {
                 let p = Path::new(path);
                 let yaml = if p.is_dir() {
@@ -81,7 +89,7 @@ impl PolicySpec {
                 };
                 if !yaml.is_file() {
                     anyhow::bail!(
-                        "--policy {path}: expected random, scripted, noop, a policy.yaml or a folder holding one"
+                        "--policy {path}: expected random, scripted, noop, a policy.yaml, an e2e.yaml or a folder holding one"
                     );
                 }
                 Self::Bundle {
@@ -105,6 +113,10 @@ impl PolicySpec {
                 let p = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
                 format!("bundle:{}", p.display())
             }
+            Self::EndToEnd { path } => {
+                let p = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+                format!("e2e:{}", p.display())
+            }
         }
     }
 
@@ -115,6 +127,7 @@ impl PolicySpec {
             Self::Scripted => Box::new(ScriptedPolicy::default()),
             Self::Noop => Box::new(NoopPolicy),
             Self::Bundle { path, options } => Box::new(Vw2EvalPolicy::load(path, options.clone())?),
+            Self::EndToEnd { path } => Box::new(E2eEvalPolicy::load(path)?),
         })
     }
 }
@@ -320,5 +333,89 @@ impl EvalPolicy for Vw2EvalPolicy {
             .render(&plan)
             .map_err(|e| anyhow!("imagining latent step {}: {e:#}", plan.latent_step))?;
         Ok(Some((strip, self.policy.steps_per_latent())))
+    }
+}
+
+/// True for an end-to-end baseline: an `e2e.yaml` or a folder holding one.
+fn is_e2e_path(p: &Path) -> bool {
+    use crate::train::e2e::E2E_SPEC;
+    (p.is_dir() && p.join(E2E_SPEC).is_file())
+        || (p.is_file() && p.file_name().is_some_and(|n| n == E2E_SPEC))
+}
+
+/// The end-to-end baseline in closed loop: every `chunk` steps it reads the
+/// current frame, proprio and instruction and plans the next chunk (CALVIN
+/// post-processing: clipped, gripper ±1).
+pub struct E2eEvalPolicy {
+    net: crate::train::e2e::LoadedE2e,
+    instruction: Vec<f32>,
+    player: ChunkPlayer,
+    steps_left: usize,
+}
+
+impl std::fmt::Debug for E2eEvalPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("E2eEvalPolicy")
+            .field("name", &self.net.spec.name)
+            .finish()
+    }
+}
+
+impl E2eEvalPolicy {
+    /// Loads `e2e.yaml` (or its folder) on the CPU.
+    pub fn load(path: &Path) -> Result<Self> {
+        let net = crate::train::e2e::LoadedE2e::load(path, &candle_core::Device::Cpu)?;
+        Ok(Self {
+            net,
+            instruction: vec![],
+            player: ChunkPlayer::default(),
+            steps_left: 0,
+        })
+    }
+
+    /// The chunk the baseline plans for `obs` (CALVIN units, post-processed).
+    pub fn plan(&self, obs: &Observation) -> Result<Vec<[f32; 7]>> {
+        use candle_core::{DType, Device, Tensor};
+        let dev = Device::Cpu;
+        let spec = &self.net.spec;
+        let [h, w] = spec.image_size;
+        let img = crate::policy::closed_loop::resize_bilinear(&obs.rgb_static, h, w);
+        let u8s = Tensor::from_vec(img.data, (1, 1, h, w, 3), &dev)?;
+        let frames = crate::model::dldm::Dldm::frames_from_u8(&u8s, DType::F32)?;
+        let n = &spec.normalization;
+        let proprio = n
+            .proprio_encoding
+            .normalized(&obs.robot_obs, &n.proprio_mean, &n.proprio_std)
+            .map_err(|e| anyhow!("robot_obs: {e}"))?;
+        let p = proprio.len();
+        let proprio = Tensor::from_vec(proprio, (1, p), &dev)?;
+        let k = self.instruction.len();
+        let ins = Tensor::from_vec(self.instruction.clone(), (1, k), &dev)?;
+        let out = self.net.model.forward(&frames, &proprio, &ins)?;
+        let rows = crate::model::head::chunk_rows(&out, 0)?;
+        crate::model::head::postprocess_calvin(&rows).map_err(|e| anyhow!("e2e baseline: {e}"))
+    }
+}
+
+impl EvalPolicy for E2eEvalPolicy {
+    fn reset(&mut self, _task: &str, instruction: &str) -> Result<()> {
+        self.instruction = crate::policy::instruction::embed_instruction(
+            instruction,
+            self.net.spec.model.instruction_dim,
+        );
+        self.player.clear();
+        self.steps_left = 0;
+        Ok(())
+    }
+
+    fn step(&mut self, obs: &Observation, _env: &mut EnvAdapter) -> Result<Action> {
+        if self.steps_left == 0 {
+            let chunk = self.plan(obs)?;
+            self.steps_left = chunk.len();
+            self.player.set_chunk(chunk);
+        }
+        self.steps_left -= 1;
+        let gripper_now = obs.robot_obs.get(14).copied().unwrap_or(1.0);
+        Ok(self.player.next_action([0.0; 6], gripper_now))
     }
 }

@@ -29,12 +29,13 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 
 use super::chains::Chain;
-use super::failures::{failure_path, save_png, FrameLog, STRIP_FRAMES};
+use super::failures::{failure_path, FrameLog, STRIP_FRAMES};
 use super::metrics::{ChainRecord, Metrics, SubtaskRecord};
 use super::policy::{EvalPolicy, PolicySpec};
 use super::sentences::validation_sentence;
 use super::store::{claim_run_dir, read_chain_log, write_results, ChainLog, RunInfo, CHAINS_FILE};
 use super::strips::{strip_path, ImaginationLog, STRIP_COLUMNS};
+use crate::base::image::write_png as save_png;
 use crate::io::env_adapter::{EnvAdapter, EnvConfig, EnvError};
 use crate::io::RgbImage;
 

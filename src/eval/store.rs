@@ -158,18 +158,7 @@ impl ChainLog {
     }
 }
 
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = crate::policy::weights::tmp_path(path);
-    {
-        let mut f =
-            File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("{}: cannot rename into place", path.display()))
-}
+use crate::base::fs::write_atomic;
 
 /// Reads `dir/run.json`, if any.
 pub fn read_run_info(dir: &Path) -> Result<Option<RunInfo>> {

@@ -5,7 +5,7 @@ pub mod env_adapter;
 pub mod robot;
 
 /// An 8-bit RGB image, row-major `H × W × 3` (the dataset module's image type).
-pub use crate::data::Image as RgbImage;
+pub use crate::base::image::Image as RgbImage;
 
 /// Length of CALVIN's `robot_obs`: tcp xyz (m), tcp euler xyz (rad), gripper
 /// width (m), 7 joint angles (rad), last gripper action (±1).

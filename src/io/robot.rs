@@ -401,7 +401,7 @@ impl ObservationSource for SyntheticSource {
             Some(_) => {}
             None => {
                 let due = self.start + Duration::from_secs_f64(self.seq as f64 / self.rate);
-                crate::runtime::clock::sleep_until(due);
+                crate::base::clock::sleep_until(due);
             }
         }
         self.left -= 1;
@@ -412,7 +412,7 @@ impl ObservationSource for SyntheticSource {
         let t = if self.gate.is_some() {
             self.seq as f64 / self.rate
         } else {
-            crate::runtime::clock::now_s()
+            crate::base::clock::now_s()
         };
         let obs = RawObservation {
             t,

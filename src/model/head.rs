@@ -6,7 +6,7 @@ use candle_core::{bail, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::nn::Linear;
+use super::nn::Mlp;
 
 /// Action dimensions: xyz (3), euler (3), gripper (1).
 pub const ACTION_DIM: usize = 7;
@@ -88,7 +88,7 @@ impl VisualPool {
 pub struct ActionHead {
     cfg: HeadConfig,
     code_embed: candle_nn::Embedding,
-    layers: Vec<Linear>,
+    mlp: Mlp,
 }
 
 impl ActionHead {
@@ -99,15 +99,10 @@ impl ActionHead {
         let mut dims = vec![cfg.input_dim()];
         dims.extend(&cfg.hidden);
         dims.push(cfg.chunk * ACTION_DIM);
-        let layers = dims
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| Linear::new(w[0], w[1], vb.pp("mlp").pp(i)))
-            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             cfg: cfg.clone(),
             code_embed,
-            layers,
+            mlp: Mlp::new(&dims, vb.pp("mlp"))?,
         })
     }
 
@@ -152,14 +147,10 @@ impl ActionHead {
                 ),
             }
         }
-        let mut x = Tensor::cat(&parts, D::Minus1)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x)?;
-            if i + 1 < self.layers.len() {
-                x = x.gelu()?;
-            }
-        }
-        x.reshape((b, self.cfg.chunk, ACTION_DIM))
+        let x = Tensor::cat(&parts, D::Minus1)?;
+        self.mlp
+            .forward(&x)?
+            .reshape((b, self.cfg.chunk, ACTION_DIM))
     }
 }
 

@@ -7,9 +7,11 @@
 
 pub mod ar;
 pub mod dldm;
+pub mod e2e;
 pub mod fsq;
 pub mod head;
 pub mod layers;
 pub mod nn;
+pub mod onnx_export;
 pub mod onnx_head;
 pub mod patcher;

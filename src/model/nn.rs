@@ -13,6 +13,37 @@ pub fn softmax_last(xs: &Tensor) -> Result<Tensor> {
     candle_nn::ops::softmax(xs, D::Minus1)
 }
 
+/// A multilayer perceptron: dense layers of widths `dims` (input first), GELU
+/// between them, none after the last (keys `{i}.weight`, `{i}.bias`).
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    layers: Vec<Linear>,
+}
+
+impl Mlp {
+    /// Loads `dims.len() − 1` layers from `vb`.
+    pub fn new(dims: &[usize], vb: VarBuilder) -> Result<Self> {
+        let layers = dims
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| Linear::new(w[0], w[1], vb.pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { layers })
+    }
+
+    /// Applies the layers to the last dimension of `xs`.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let mut x = xs.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x)?;
+            if i + 1 < self.layers.len() {
+                x = x.gelu()?;
+            }
+        }
+        Ok(x)
+    }
+}
+
 /// A dense layer `y = x Wᵀ + b` with the PyTorch key names `weight` / `bias`.
 #[derive(Debug, Clone)]
 pub struct Linear {

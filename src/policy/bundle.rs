@@ -3,6 +3,7 @@
 //! and dtype, plus normalization statistics, image size, control rate and
 //! action space. Unknown keys are rejected.
 
+use crate::base::fs::write_atomic;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::proprio::ProprioEncoding;
 use super::weights::{
-    build_strict, save_safetensors_atomic, seeded_var_builder, write_atomic, SeededInit,
-    WeightDtype, WeightFile, WeightFormat, DLDM_SKIPPED_PREFIXES,
+    build_strict, save_safetensors_atomic, seeded_var_builder, SeededInit, WeightDtype, WeightFile,
+    WeightFormat, DLDM_SKIPPED_PREFIXES,
 };
 use crate::model::ar::{ArConfig, ArTransformer};
 use crate::model::dldm::{Dldm, DldmConfig};

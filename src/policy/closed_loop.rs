@@ -441,7 +441,7 @@ pub fn ensemble(
                     .map(|(c, w)| {
                         let v = f64::from(c[j][d]);
                         w * if circular {
-                            wrap_angle(v - reference)
+                            crate::base::angle::wrap_pi(v - reference)
                         } else {
                             v
                         }
@@ -457,7 +457,7 @@ pub fn ensemble(
                         chunks[chunks.len() - 1][j][d]
                     }
                 } else if circular {
-                    wrap_angle(reference + mean) as f32
+                    crate::base::angle::wrap_pi(reference + mean) as f32
                 } else {
                     mean as f32
                 };
@@ -465,16 +465,6 @@ pub fn ensemble(
             out
         })
         .collect()
-}
-
-/// An angle wrapped into (−π, π] (rad).
-fn wrap_angle(a: f64) -> f64 {
-    let w = a.rem_euclid(std::f64::consts::TAU);
-    if w > std::f64::consts::PI {
-        w - std::f64::consts::TAU
-    } else {
-        w
-    }
 }
 
 /// Bilinear resize of an RGB image (half-pixel centres, like

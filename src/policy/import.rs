@@ -4,6 +4,7 @@
 //! (the official names below `network.`) and `dldm.yaml`, the `components.dldm`
 //! section of a `policy.yaml`.
 
+use crate::base::fs::write_atomic;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,8 +15,8 @@ use serde::Serialize;
 
 use super::bundle::{DldmSpec, WeightsSpec};
 use super::weights::{
-    expected_keys, save_safetensors_atomic, write_atomic, KeyReport, WeightDtype, WeightFile,
-    WeightFormat, DLDM_SKIPPED_PREFIXES,
+    expected_keys, save_safetensors_atomic, KeyReport, WeightDtype, WeightFile, WeightFormat,
+    DLDM_SKIPPED_PREFIXES,
 };
 use crate::model::dldm::{Dldm, DldmConfig};
 

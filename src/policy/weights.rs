@@ -674,31 +674,4 @@ pub fn save_safetensors_atomic(
     Ok(())
 }
 
-/// Writes `bytes` to `path` via a temp file, fsync and rename; on failure the temp
-/// file is removed and `path` keeps what it had.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let tmp = tmp_path(path);
-    let res = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::bail!("{}: cannot write: {e}", path.display());
-    }
-    Ok(())
-}
-
-/// The temp-file sibling used for atomic writes of `path`.
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".tmp{}", std::process::id()));
-    path.with_file_name(name)
-}
+use crate::base::fs::tmp_path;

@@ -15,10 +15,10 @@ use anyhow::{bail, Result};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::convert::{robot_obs_from, JointSample};
+use crate::base::clock::now_s;
 use crate::io::robot::{CommandSink, ObservationSource, RawFrame, RawObservation, RobotIo};
 use crate::io::RgbImage;
 use crate::policy::Plan;
-use crate::runtime::clock::now_s;
 use crate::runtime::{Planner, Renderer};
 use crate::safety::{CommandKind, GripperState, SafeCommand, TcpPose};
 

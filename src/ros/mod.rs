@@ -9,11 +9,13 @@
 //! See `docs/ros.md`.
 //!
 //! Layout: [`params`] (the parameter file, plain Rust), [`convert`] (message ↔
-//! runtime conversions, pure), [`io`] (the ROS-free `RosIo`, the enable/e-stop
+//! runtime conversions, pure), [`joints`] (joint modes) and [`diagnostics`] (pure too), [`io`] (the ROS-free `RosIo`, the enable/e-stop
 //! supervisor), [`node`] (the thin r2r layer). Everything but `node` is tested
 //! without ROS with `--features ros2-check` (r2r's pre-generated bindings).
 
 pub mod convert;
+pub mod diagnostics;
 pub mod io;
+pub mod joints;
 pub mod node;
 pub mod params;

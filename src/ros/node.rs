@@ -48,8 +48,8 @@ use super::io::{
     StripSlot, Supervisor, RESTART,
 };
 use super::params::{CommandMode, GripperMode, NodeParams, TcpPoseFrame, TeleopMode, NODE_NAME};
+use crate::base::clock::now_s;
 use crate::policy::{LoadedPolicy, Policy, PolicyOptions};
-use crate::runtime::clock::now_s;
 use crate::runtime::{run, DecoderRenderer, Planner, Renderer, RunReport, RuntimeConfig};
 use crate::safety::{CommandKind, GripperState, SafeCommand};
 use crate::teleop::arbiter::{Control, TakeoverConfig};

@@ -13,7 +13,6 @@ use super::{
 };
 use crate::io::env_adapter::EnvConfig;
 use crate::io::robot::{Encoding, RawFrame, SimIo, SyntheticIo};
-use crate::io::RgbImage;
 use crate::policy::{LoadedPolicy, Policy, PolicyOptions};
 use crate::safety::SafetyConfig;
 
@@ -38,26 +37,7 @@ pub fn safety_config(path: Option<&Path>) -> Result<SafetyConfig> {
     }
 }
 
-/// Writes an RGB image as PNG (atomically).
-pub fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
-    use opencv::core::{Mat, Vector};
-    use opencv::prelude::*;
-    let mut bgr = img.data.clone();
-    for px in bgr.chunks_mut(3) {
-        px.swap(0, 2);
-    }
-    let mat = Mat::new_rows_cols_with_data(img.height as i32, img.width as i32 * 3, &bgr)?
-        .reshape(3, img.height as i32)?
-        .try_clone()?;
-    let mut buf = Vector::<u8>::new();
-    opencv::imgcodecs::imencode_def(".png", &mat, &mut buf)?;
-    let tmp = crate::policy::weights::tmp_path(path);
-    std::fs::write(&tmp, buf.as_slice())
-        .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("{}: cannot rename into place", path.display()))?;
-    Ok(())
-}
+pub use crate::base::image::write_png;
 
 /// Options of `vw2 run`.
 #[derive(Debug, Clone)]
@@ -104,7 +84,7 @@ pub fn run_on_simulator(o: &RunOptions) -> Result<RunReport> {
         }
         let json = serde_json::to_string_pretty(&report)?;
         let path = dir.join("run_report.json");
-        let tmp = crate::policy::weights::tmp_path(&path);
+        let tmp = crate::base::fs::tmp_path(&path);
         std::fs::write(&tmp, json)?;
         std::fs::rename(&tmp, &path)?;
     }

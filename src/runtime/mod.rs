@@ -13,7 +13,8 @@
 //! carries the capture time of the frame it derives from.
 
 pub mod cli;
-pub mod clock;
+/// The process clock lives in [`crate::base::clock`]; re-exported for the stages.
+pub use crate::base::clock;
 pub mod ingest;
 pub mod metrics;
 pub mod stages;

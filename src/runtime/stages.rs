@@ -10,9 +10,9 @@ use candle_core::{DType, Device, Tensor};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use serde::Serialize;
 
-use super::clock::{instant_at, now_s, seconds_at, sleep_until};
 use super::ingest::to_rgb_resized;
 use super::metrics::{Histogram, Summary};
+use crate::base::clock::{instant_at, now_s, seconds_at, sleep_until};
 use crate::io::robot::{tcp_from_robot_obs, CommandSink, ObservationSource, RobotIo};
 use crate::io::RgbImage;
 use crate::model::dldm::Dldm;

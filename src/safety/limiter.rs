@@ -8,7 +8,7 @@
 //! velocity and acceleration limits at the same time: no tick ever has to choose
 //! between the workspace box and the acceleration limit.
 
-use std::f64::consts::{PI, TAU};
+use std::f64::consts::TAU;
 
 /// Limits of one axis.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,16 +66,7 @@ pub(crate) struct AxisStep {
     pub accel_limited: bool,
 }
 
-/// Wraps an angle (rad) into `[-π, π)`.
-pub(crate) fn wrap_pi(a: f64) -> f64 {
-    let w = (a + PI).rem_euclid(TAU) - PI;
-    // rem_euclid can round up to exactly TAU for tiny negative inputs.
-    if w >= PI {
-        w - TAU
-    } else {
-        w
-    }
-}
+pub(crate) use crate::base::angle::wrap_pi;
 
 /// Clamps a position (m) into `[lo, hi]`; `clamped` tells whether it moved.
 pub(crate) fn clamp_linear(x: f64, lo: f64, hi: f64) -> (f64, bool) {
@@ -193,6 +184,7 @@ pub(crate) fn step_axis(p: f64, v_prev: f64, goal: f64, lim: &AxisLimits, dt: f6
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::f64::consts::PI;
 
     const DT: f64 = 1.0 / 30.0;
 

@@ -261,7 +261,7 @@ impl RunRecorder {
 
     fn save_thumb(&self, name: &str, img: &RgbImage) -> Result<String> {
         let rel = format!("thumbs/{name}");
-        crate::runtime::cli::write_png(&self.opts.dir.join(&rel), img)?;
+        crate::base::image::write_png(&self.opts.dir.join(&rel), img)?;
         Ok(rel)
     }
 
@@ -439,9 +439,6 @@ impl TickSink for RunRecorder {
             });
         }
         let p = d.writer.dir().join(EPISODES_FILE);
-        crate::policy::weights::write_atomic(
-            &p,
-            serde_json::to_string_pretty(&d.episodes)?.as_bytes(),
-        )
+        crate::base::fs::write_atomic(&p, serde_json::to_string_pretty(&d.episodes)?.as_bytes())
     }
 }

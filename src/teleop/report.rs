@@ -675,11 +675,11 @@ pub fn html(r: &Report) -> String {
 pub fn write(runs: &[PathBuf], out: &Path) -> Result<Report> {
     let r = build(runs)?;
     std::fs::create_dir_all(out).map_err(|e| anyhow!("{}: cannot create: {e}", out.display()))?;
-    crate::policy::weights::write_atomic(
+    crate::base::fs::write_atomic(
         &out.join("report.json"),
         serde_json::to_string_pretty(&r)?.as_bytes(),
     )?;
-    crate::policy::weights::write_atomic(&out.join("report.html"), html(&r).as_bytes())?;
+    crate::base::fs::write_atomic(&out.join("report.html"), html(&r).as_bytes())?;
     Ok(r)
 }
 

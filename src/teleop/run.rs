@@ -227,7 +227,7 @@ pub fn run_teleop(o: &TeleopOptions) -> Result<RunSummary> {
             });
         }
         summary.wall_s = t0.elapsed().as_secs_f64();
-        crate::policy::weights::write_atomic(
+        crate::base::fs::write_atomic(
             &run_path,
             serde_json::to_string_pretty(&summary)?.as_bytes(),
         )?;
@@ -238,7 +238,7 @@ pub fn run_teleop(o: &TeleopOptions) -> Result<RunSummary> {
     summary.thumbnails = rec.finish()?;
     summary.wall_s = t0.elapsed().as_secs_f64();
     summary.complete = true;
-    crate::policy::weights::write_atomic(
+    crate::base::fs::write_atomic(
         &run_path,
         serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;

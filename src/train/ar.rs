@@ -23,7 +23,8 @@ use super::data::{
     encode_segments, segments, EncodeOptions, EncodedSegment, Segment, StaticFrames,
 };
 use super::ldm::{init_seed, seeded_varmap};
-use super::run::{train_loop, varmap_tensors, write_atomic, RunOptions, TrainReport};
+use super::run::{train_loop, varmap_tensors, RunOptions, TrainReport};
+use crate::base::fs::write_atomic;
 use crate::data::CalvinDataset;
 use crate::model::ar::{ArConfig, ArTransformer};
 use crate::model::head::{ActionHead, HeadConfig};
@@ -515,4 +516,164 @@ fn write_untrained_bundle(
     )?;
     let _ = std::fs::remove_file(&head_path);
     Ok(yaml)
+}
+
+/// Teacher-forced next-code accuracy of a bundle's AR on the segments of a
+/// dataset it did not train on (`vw2 eval codes`), beside the codebook usage
+/// and the accuracy of repeating the previous step's codes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NextCodeAccuracy {
+    /// Segments with at least one latent step.
+    pub segments: usize,
+    /// Latent steps scored.
+    pub steps: usize,
+    /// Top-1 accuracy over every code.
+    pub top1: f64,
+    /// Top-1 accuracy of each query's code.
+    pub top1_per_query: Vec<f64>,
+    /// Fraction of steps whose N codes are all right.
+    pub step_exact: f64,
+    /// Top-1 accuracy over the codes of each segment's first step (what the AR
+    /// predicts from the first frame and the instruction alone).
+    pub first_step_top1: f64,
+    /// Top-1 accuracy of the AR over the steps after the first.
+    pub later_steps_top1: f64,
+    /// Accuracy of repeating the previous step's codes, over the steps after the first.
+    pub repeat_previous_top1: f64,
+    /// Distinct codes the encoder gave over these segments.
+    pub distinct_codes: usize,
+    /// Distinct codes of each query.
+    pub distinct_per_query: Vec<usize>,
+    /// The dLDM on 9-frame clips of the dataset: codebook usage and how much
+    /// its decoder relies on the codes (own codes against another clip's).
+    pub dldm: super::ldm::CodeUsage,
+}
+
+/// Scores `policy`'s AR on `dataset` (encoded with the bundle's dLDM, a window
+/// of `window` latent steps, in non-overlapping sequences of `seq_steps` as
+/// the AR was trained).
+pub fn next_code_accuracy(
+    policy: &Path,
+    dataset: &Path,
+    window: usize,
+    seq_steps: usize,
+    progress: bool,
+) -> Result<NextCodeAccuracy> {
+    let dev = Device::Cpu;
+    let loaded = crate::policy::bundle::LoadedPolicy::load(policy, &dev)?;
+    let cfg = loaded.ar.config().clone();
+    let src = DldmSource::resolve(policy)?;
+    let encoded = encoded_dataset(
+        dataset,
+        &src,
+        window,
+        Some(cfg.num_visual_tokens),
+        512,
+        None,
+        progress,
+        &dev,
+    )?;
+    let n = cfg.codes_per_step;
+    let room = (cfg.max_seq_len - cfg.prefix_len()) / n;
+    let seq_steps = seq_steps.clamp(1, room.max(1));
+    let (mut hits, mut total) = (vec![0usize; n], vec![0usize; n]);
+    let (mut exact, mut steps) = (0usize, 0usize);
+    let (mut first_hits, mut first_total) = (0usize, 0usize);
+    let (mut later_hits, mut later_total) = (0usize, 0usize);
+    let mut repeat_hits = 0usize;
+    let mut all = std::collections::BTreeSet::new();
+    let mut per_query = vec![std::collections::BTreeSet::new(); n];
+    let mut segments = 0;
+    for e in &encoded {
+        if e.steps == 0 {
+            continue;
+        }
+        segments += 1;
+        let prefix = e.prefix_tokens.as_ref().ok_or_else(|| {
+            anyhow!(
+                "segment of episode {} has no visual tokens",
+                e.segment.episode
+            )
+        })?;
+        let ins = Tensor::from_vec(
+            embed_instruction(&e.segment.instruction, cfg.instruction_dim),
+            (1, cfg.instruction_dim),
+            &dev,
+        )?;
+        let vis = Tensor::from_vec(
+            prefix.clone(),
+            (1, cfg.num_visual_tokens, cfg.visual_feature_dim),
+            &dev,
+        )?;
+        let mut first = 0;
+        while first < e.steps {
+            let len = seq_steps.min(e.steps - first);
+            let src = &e.codes[first * n..(first + len) * n];
+            let codes = Tensor::from_vec(src.to_vec(), (1, len * n), &dev)?;
+            let logits = loaded.ar.forward_full(&ins, &vis, &codes)?;
+            let pred = logits
+                .narrow(1, 0, len * n)?
+                .argmax(D::Minus1)?
+                .flatten_all()?
+                .to_vec1::<u32>()?;
+            for j in 0..len {
+                let step = first + j;
+                let mut all_right = true;
+                for q in 0..n {
+                    let want = src[j * n + q];
+                    let ok = pred[j * n + q] == want;
+                    all.insert(want);
+                    per_query[q].insert(want);
+                    hits[q] += ok as usize;
+                    total[q] += 1;
+                    all_right &= ok;
+                    if step == 0 {
+                        first_hits += ok as usize;
+                        first_total += 1;
+                    } else {
+                        later_hits += ok as usize;
+                        later_total += 1;
+                        repeat_hits += (e.codes[(step - 1) * n + q] == want) as usize;
+                    }
+                }
+                exact += all_right as usize;
+                steps += 1;
+            }
+            first += len;
+        }
+    }
+    if steps == 0 {
+        bail!(
+            "{}: no segment has a latent step to score",
+            dataset.display()
+        );
+    }
+    let ds = CalvinDataset::open(dataset)?;
+    let s = src.component.config.patch_size;
+    let mut k = 2;
+    let mut starts = super::data::clip_starts(ds.episodes(), 1 + s * k, 4);
+    if starts.is_empty() {
+        k = 1;
+        starts = super::data::clip_starts(ds.episodes(), 1 + s * k, 4);
+    }
+    let frames = StaticFrames::new(ds, src.image_size, 256);
+    let dldm = super::ldm::code_usage(&loaded.dldm, &frames, &starts, 1 + s * k, false, 512, &dev)?;
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    Ok(NextCodeAccuracy {
+        segments,
+        steps,
+        top1: ratio(hits.iter().sum(), total.iter().sum()),
+        top1_per_query: hits
+            .iter()
+            .zip(&total)
+            .map(|(&h, &t)| ratio(h, t))
+            .collect(),
+        step_exact: ratio(exact, steps),
+        first_step_top1: ratio(first_hits, first_total),
+        later_steps_top1: ratio(later_hits, later_total),
+        repeat_previous_top1: ratio(repeat_hits, later_total),
+        distinct_codes: all.len(),
+        distinct_per_query: per_query.iter().map(|s| s.len()).collect(),
+        dldm,
+    })
 }

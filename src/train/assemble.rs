@@ -111,7 +111,7 @@ pub fn copy_atomic(src: &Path, dst: &Path) -> Result<()> {
     if same_file(src, dst) {
         return Ok(());
     }
-    let tmp = crate::policy::weights::tmp_path(dst);
+    let tmp = crate::base::fs::tmp_path(dst);
     std::fs::copy(src, &tmp)
         .with_context(|| format!("cannot copy {} to {}", src.display(), tmp.display()))?;
     std::fs::rename(&tmp, dst)

@@ -63,6 +63,30 @@ pub enum TrainCommand {
     Ar(ArArgs),
     /// Chain ldm → ar → finetune-head into one policy bundle.
     All(AllArgs),
+    /// The end-to-end baseline: image + proprio + instruction → action chunk,
+    /// trained on the labelled episodes only (no codes, no unlabelled video).
+    E2e(E2eArgs),
+}
+
+/// `vw2 train e2e`.
+#[derive(Debug, Clone, Args)]
+pub struct E2eArgs {
+    /// CALVIN-format split.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Output folder (e2e.yaml, e2e.safetensors, metrics.json, split.json; the run in train/).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Stage config YAML (see `E2eStageConfig`), or a `train all` file (its `e2e:` section).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Fraction of the training episodes that are labelled, in (0, 1] (the same
+    /// subset `finetune-head` takes for the same seed).
+    #[arg(long, default_value_t = 0.1)]
+    pub label_fraction: f64,
+    /// Loop settings.
+    #[command(flatten)]
+    pub run: LoopArgs,
 }
 
 /// `vw2 train ldm`.
@@ -213,6 +237,19 @@ pub fn run_train(cmd: TrainCommand) -> Result<()> {
             print_json(&r)
         }
         TrainCommand::All(a) => print_json(&train_all(&a)?),
+        TrainCommand::E2e(a) => {
+            let mut config: super::config::E2eStageConfig = load_stage(a.config.as_deref(), "e2e")?;
+            a.run.apply(&mut config.train);
+            let r = super::e2e::train_e2e(&super::e2e::E2eTrainOptions {
+                dataset: a.dataset,
+                out: a.out,
+                config,
+                label_fraction: a.label_fraction,
+                seed: a.run.seed,
+                run: a.run.run_options(),
+            })?;
+            print_json(&r)
+        }
     }
 }
 

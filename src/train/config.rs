@@ -141,6 +141,17 @@ pub struct LdmStageConfig {
     /// Memory for resized frames kept between steps (MiB; 0 = none).
     #[serde(default = "d_cache_mb")]
     pub frame_cache_mb: usize,
+    /// Weight of what moved in the reconstruction loss: a pixel of future frame
+    /// t counts `1 + motion_weight · |x_t − x_0|` (channel mean, pixels in
+    /// [−1, 1]), normalized by the clip's mean weight. 0: plain MSE. The static
+    /// background dominates a plain MSE, so the codes need not carry the arm's
+    /// motion to meet it.
+    #[serde(default)]
+    pub motion_weight: f64,
+    /// Train the decoder to render the change from the first frame (its output
+    /// is added to frame 0) instead of whole frames.
+    #[serde(default)]
+    pub residual_decoder: bool,
     /// Loop settings.
     #[serde(default)]
     pub train: TrainConfig,
@@ -167,6 +178,8 @@ impl Default for LdmStageConfig {
             clip_latent_steps: d_clip_steps(),
             clip_stride: d_clip_stride(),
             frame_cache_mb: d_cache_mb(),
+            motion_weight: 0.0,
+            residual_decoder: false,
             train: TrainConfig::default(),
         }
     }
@@ -196,6 +209,12 @@ impl LdmStageConfig {
         }
         if self.clip_stride == 0 {
             return Err("clip_stride: expected ≥ 1, found 0".into());
+        }
+        if !(self.motion_weight.is_finite() && self.motion_weight >= 0.0) {
+            return Err(format!(
+                "motion_weight: expected a finite value ≥ 0, found {}",
+                self.motion_weight
+            ));
         }
         self.train.validate()
     }
@@ -409,6 +428,94 @@ pub struct AllStagesConfig {
     /// The action head.
     #[serde(default)]
     pub head: HeadStageConfig,
+    /// The end-to-end baseline (`vw2 train e2e`; `train all` ignores it).
+    #[serde(default)]
+    pub e2e: E2eStageConfig,
+}
+
+/// `vw2 train e2e`: the end-to-end baseline on the labelled episodes only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct E2eStageConfig {
+    /// Visual encoder sizes (the dLDM's encoder architecture, trained from scratch).
+    #[serde(default = "DldmConfig::tiny")]
+    pub encoder: DldmConfig,
+    /// Model input `[height, width]`; frames are resized to it.
+    #[serde(default = "d_image")]
+    pub image_size: [usize; 2],
+    /// Width of the hashed instruction embedding.
+    #[serde(default = "d_instruction_dim")]
+    pub instruction_dim: usize,
+    /// Hidden layer widths of the MLP.
+    #[serde(default = "d_e2e_hidden")]
+    pub hidden: Vec<usize>,
+    /// Action chunk length in control steps (played before the next plan).
+    #[serde(default = "d_e2e_chunk")]
+    pub chunk: usize,
+    /// Fraction of the episodes held out for validation (as the head stage).
+    #[serde(default = "d_val_fraction")]
+    pub val_fraction: f64,
+    /// Seed of the validation split (as the head stage).
+    #[serde(default)]
+    pub val_seed: u64,
+    /// Memory for resized frames kept between steps (MiB; 0 = none).
+    #[serde(default = "d_cache_mb")]
+    pub frame_cache_mb: usize,
+    /// Loop settings.
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+fn d_instruction_dim() -> usize {
+    64
+}
+fn d_e2e_hidden() -> Vec<usize> {
+    vec![256, 256]
+}
+fn d_e2e_chunk() -> usize {
+    4
+}
+
+impl Default for E2eStageConfig {
+    fn default() -> Self {
+        Self {
+            encoder: DldmConfig::tiny(),
+            image_size: d_image(),
+            instruction_dim: d_instruction_dim(),
+            hidden: d_e2e_hidden(),
+            chunk: d_e2e_chunk(),
+            val_fraction: d_val_fraction(),
+            val_seed: 0,
+            frame_cache_mb: d_cache_mb(),
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+impl E2eStageConfig {
+    /// Checks sizes against each other.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.encoder
+            .validate()
+            .map_err(|e| format!("encoder.{e}"))?;
+        let s = self.encoder.spatial_compression();
+        let [h, w] = self.image_size;
+        if h == 0 || w == 0 || h % s != 0 || w % s != 0 {
+            return Err(format!(
+                "image_size: expected positive multiples of the encoder's spatial compression {s}, found [{h}, {w}]"
+            ));
+        }
+        if self.chunk == 0 {
+            return Err("chunk: expected ≥ 1, found 0".into());
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return Err(format!(
+                "val_fraction: expected 0 ≤ f < 1, found {}",
+                self.val_fraction
+            ));
+        }
+        self.train.validate()
+    }
 }
 
 /// Reads a YAML config; an empty file gives the defaults. Errors name the file.
@@ -430,7 +537,7 @@ pub fn load_or_default<T: DeserializeOwned + Default>(path: Option<&Path>) -> Re
 }
 
 /// The top-level keys of a `vw2 train all` file.
-const STAGE_SECTIONS: [&str; 3] = ["ldm", "ar", "head"];
+const STAGE_SECTIONS: [&str; 4] = ["ldm", "ar", "head", "e2e"];
 
 /// Reads one stage's config from `path` when given (else the defaults): a file
 /// of that stage's keys, or a `vw2 train all` file, whose `section` is used

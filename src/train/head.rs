@@ -38,7 +38,8 @@ use super::data::{
     label_subset, read_proprio_and_action, split_episodes, EncodedSegment, POOLED_PER_CHANNEL,
 };
 use super::ldm::{init_seed, seeded_varmap};
-use super::run::{train_loop, varmap_tensors, write_atomic, RunOptions, TrainReport};
+use super::run::{train_loop, varmap_tensors, RunOptions, TrainReport};
+use crate::base::fs::write_atomic;
 use crate::data::CalvinDataset;
 use crate::model::head::{ActionHead, HeadConfig, ACTION_DIM};
 use crate::policy::bundle::{Normalization, PolicySpec};

@@ -163,23 +163,187 @@ impl LdmStage {
         self.frames.clips(&clips, &self.device)
     }
 
-    /// Reconstruction loss of clips `items`: MSE of the decoded frames 1..T−1.
+    /// Reconstruction loss of clips `items`: the (motion-weighted) MSE of the
+    /// decoded frames 1..T−1.
     pub fn loss(&self, items: &[usize]) -> Result<Tensor> {
         let x = self.batch(items)?;
-        reconstruction_loss(&self.model, &x)
+        if self.cfg.residual_decoder {
+            return residual_reconstruction_loss(&self.model, &x, self.cfg.motion_weight);
+        }
+        weighted_reconstruction_loss(&self.model, &x, self.cfg.motion_weight)
     }
 }
 
 /// Encodes `x` `[B, T, 3, H, W]`, decodes from frame 0's features and the codes,
 /// and returns the mean squared error over frames 1..T−1.
 pub fn reconstruction_loss(model: &Dldm, x: &Tensor) -> Result<Tensor> {
+    weighted_reconstruction_loss(model, x, 0.0)
+}
+
+/// Per-pixel weights `[B, T−1, 1, H, W]` of the future frames of `x`
+/// `[B, T, 3, H, W]`: `1 + motion_weight · mean_c |x_t − x_0|`, divided by their
+/// mean so the loss keeps the scale of a plain MSE. Constant: no gradient.
+pub fn motion_weights(x: &Tensor, motion_weight: f64) -> Result<Tensor> {
+    let t = x.dim(1)?;
+    let first = x.narrow(1, 0, 1)?;
+    let future = x.narrow(1, 1, t - 1)?;
+    let change = future
+        .broadcast_sub(&first)?
+        .abs()?
+        .mean_keepdim(2)?
+        .detach();
+    let w = ((change * motion_weight)? + 1.0)?;
+    let mean = w.mean_all()?;
+    Ok(w.broadcast_div(&mean)?)
+}
+
+/// Like [`weighted_reconstruction_loss`], with the decoder's output read as the
+/// change from frame 0: the prediction is `x_0 + decode(…)`, so copying the
+/// first frame costs nothing to learn and every gradient goes to the change.
+pub fn residual_reconstruction_loss(
+    model: &Dldm,
+    x: &Tensor,
+    motion_weight: f64,
+) -> Result<Tensor> {
+    let enc = model.encode(x)?;
+    let first = enc.features.narrow(1, 0, 1)?;
+    let rec = model.decode(&first, &enc.codes)?;
+    let t = x.dim(1)?;
+    let x0 = x.narrow(1, 0, 1)?;
+    let target = x.narrow(1, 1, t - 1)?;
+    let pred = rec.narrow(1, 1, t - 1)?.broadcast_add(&x0)?;
+    let sq = (pred - &target)?.sqr()?;
+    if motion_weight == 0.0 {
+        return Ok(sq.mean_all()?);
+    }
+    let w = motion_weights(x, motion_weight)?;
+    Ok(sq.broadcast_mul(&w)?.mean_all()?)
+}
+
+/// [`reconstruction_loss`] with the pixels that changed since frame 0 weighted
+/// by [`motion_weights`] (`motion_weight` 0: the plain MSE).
+pub fn weighted_reconstruction_loss(
+    model: &Dldm,
+    x: &Tensor,
+    motion_weight: f64,
+) -> Result<Tensor> {
     let enc = model.encode(x)?;
     let first = enc.features.narrow(1, 0, 1)?;
     let rec = model.decode(&first, &enc.codes)?;
     let t = x.dim(1)?;
     let target = x.narrow(1, 1, t - 1)?;
     let pred = rec.narrow(1, 1, t - 1)?;
-    Ok((pred - target)?.sqr()?.mean_all()?)
+    let sq = (pred - &target)?.sqr()?;
+    if motion_weight == 0.0 {
+        return Ok(sq.mean_all()?);
+    }
+    let w = motion_weights(x, motion_weight)?;
+    Ok(sq.broadcast_mul(&w)?.mean_all()?)
+}
+
+/// How many codes the encoder uses on a sample of clips (code-usage monitor).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CodeUsage {
+    /// Clips encoded.
+    pub clips: usize,
+    /// Latent steps encoded (clips × steps per clip).
+    pub latent_steps: usize,
+    /// Distinct code indices over all queries.
+    pub distinct: usize,
+    /// Distinct code indices of each query.
+    pub distinct_per_query: Vec<usize>,
+    /// Plain reconstruction MSE of the future frames with each clip's own codes.
+    pub mse_own_codes: f64,
+    /// The same with every clip decoded from another clip's codes (rolled by
+    /// one within each batch of 8): how much the decoder relies on the codes.
+    /// Equal to `mse_own_codes` when the codes carry nothing the decoder uses.
+    pub mse_other_codes: f64,
+}
+
+impl LdmStage {
+    /// Encodes up to `max_clips` clips spread evenly over the dataset and
+    /// counts the distinct codes (a collapsed codebook uses a handful).
+    pub fn code_usage(&self, max_clips: usize) -> Result<CodeUsage> {
+        code_usage(
+            &self.model,
+            &self.frames,
+            &self.clips,
+            self.clip_frames,
+            self.cfg.residual_decoder,
+            max_clips,
+            &self.device,
+        )
+    }
+}
+
+/// [`CodeUsage`] of `model` on up to `max_clips` of the clips starting at
+/// `starts` (`clip_frames` frames each), spread evenly; `residual`: the
+/// decoder renders the change from frame 0.
+pub fn code_usage(
+    model: &Dldm,
+    frames: &StaticFrames,
+    starts: &[usize],
+    clip_frames: usize,
+    residual: bool,
+    max_clips: usize,
+    dev: &Device,
+) -> Result<CodeUsage> {
+    anyhow::ensure!(!starts.is_empty(), "code usage: no clip to encode");
+    let n = starts.len().min(max_clips).max(1);
+    let picks: Vec<usize> = (0..n).map(|i| starts[i * starts.len() / n]).collect();
+    let queries = model.config().num_queries;
+    let mut all = std::collections::BTreeSet::new();
+    let mut per_query = vec![std::collections::BTreeSet::new(); queries];
+    let mut steps = 0;
+    let (mut own, mut other, mut batches) = (0f64, 0f64, 0usize);
+    for chunk in picks.chunks(8) {
+        let clips: Vec<Vec<usize>> = chunk
+            .iter()
+            .map(|&s| (s..s + clip_frames).collect())
+            .collect();
+        let x = frames.clips(&clips, dev)?;
+        let enc = model.encode(&x)?;
+        let first = enc.features.narrow(1, 0, 1)?;
+        let t = x.dim(1)?;
+        let target = x.narrow(1, 1, t - 1)?;
+        let x0 = x.narrow(1, 0, 1)?;
+        let mse = |codes: &Tensor| -> Result<f64> {
+            let mut rec = model.decode(&first, codes)?;
+            if residual {
+                rec = rec.broadcast_add(&x0)?;
+            }
+            let d = (rec.narrow(1, 1, t - 1)? - &target)?;
+            Ok(d.sqr()?.mean_all()?.to_scalar::<f32>()? as f64)
+        };
+        own += mse(&enc.codes)?;
+        let b = enc.codes.dim(0)?;
+        let rolled = if b > 1 {
+            Tensor::cat(
+                &[enc.codes.narrow(0, 1, b - 1)?, enc.codes.narrow(0, 0, 1)?],
+                0,
+            )?
+        } else {
+            enc.codes.clone()
+        };
+        other += mse(&rolled)?;
+        batches += 1;
+        let idx = enc.indices;
+        let (b, l, q) = idx.dims3()?;
+        steps += b * l;
+        let flat = idx.flatten_all()?.to_vec1::<u32>()?;
+        for (i, &c) in flat.iter().enumerate() {
+            all.insert(c);
+            per_query[i % q].insert(c);
+        }
+    }
+    Ok(CodeUsage {
+        clips: n,
+        latent_steps: steps,
+        distinct: all.len(),
+        distinct_per_query: per_query.iter().map(|s| s.len()).collect(),
+        mse_own_codes: own / batches.max(1) as f64,
+        mse_other_codes: other / batches.max(1) as f64,
+    })
 }
 
 /// Options of [`train_ldm`].
@@ -208,6 +372,8 @@ pub struct LdmTrainResult {
     pub clip_frames: usize,
     /// The weights written (only when the run completed).
     pub weights: Option<PathBuf>,
+    /// Codes used on up to 512 clips after training (only when the run completed).
+    pub code_usage: Option<CodeUsage>,
 }
 
 /// Trains the warm-up stage into `opts.out`; on completion writes
@@ -237,7 +403,18 @@ pub fn train_ldm(opts: &LdmTrainOptions) -> Result<LdmTrainResult> {
         |items| stage.loss(items),
     )?;
     let mut weights = None;
+    let mut code_usage = None;
     if report.completed {
+        let usage = stage.code_usage(512)?;
+        tracing::info!(
+            distinct = usage.distinct,
+            per_query = ?usage.distinct_per_query,
+            mse_own_codes = usage.mse_own_codes,
+            mse_other_codes = usage.mse_other_codes,
+            latent_steps = usage.latent_steps,
+            "ldm code usage"
+        );
+        code_usage = Some(usage);
         let path = opts.out.join(LDM_WEIGHTS);
         save_safetensors_atomic(&varmap_tensors(stage.varmap()), &path)?;
         let output = LdmOutput {
@@ -245,7 +422,7 @@ pub fn train_ldm(opts: &LdmTrainOptions) -> Result<LdmTrainResult> {
             config: opts.config.model.clone(),
             weights: PathBuf::from(LDM_WEIGHTS),
         };
-        super::run::write_atomic(
+        crate::base::fs::write_atomic(
             &opts.out.join(LDM_OUTPUT),
             serde_yaml::to_string(&output)?.as_bytes(),
         )?;
@@ -256,11 +433,67 @@ pub fn train_ldm(opts: &LdmTrainOptions) -> Result<LdmTrainResult> {
         clips: stage.num_items(),
         clip_frames: stage.clip_frames(),
         weights,
+        code_usage,
     };
-    super::run::write_atomic(
+    crate::base::fs::write_atomic(
         &opts.out.join("summary.json"),
         serde_json::to_string_pretty(&result)?.as_bytes(),
     )
     .context("writing summary.json")?;
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn motion_weights_favour_the_pixels_that_moved() {
+        // One clip of 3 frames of 1×4 pixels; pixel 2 changes in frame 2 only.
+        let mut v = vec![0f32; 3 * 3 * 4];
+        for c in 0..3 {
+            v[2 * 12 + c * 4 + 2] = 1.0;
+        }
+        let x = Tensor::from_vec(v, (1, 3, 3, 1, 4), &Device::Cpu).unwrap();
+        let w = motion_weights(&x, 9.0).unwrap();
+        assert_eq!(w.dims(), &[1, 2, 1, 1, 4]);
+        let w = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // Raw weights: 1 everywhere, 10 at (frame 2, pixel 2); mean 17/8.
+        let unit = 8.0 / 17.0;
+        for (i, &wi) in w.iter().enumerate() {
+            let want = if i == 6 { 10.0 * unit } else { unit };
+            assert!((wi - want).abs() < 1e-6, "weight {i}: {wi} vs {want}");
+        }
+        let mean: f32 = w.iter().sum::<f32>() / w.len() as f32;
+        assert!((mean - 1.0).abs() < 1e-6);
+        // A static clip weighs every pixel alike.
+        let still = Tensor::ones((1, 3, 3, 1, 4), DType::F32, &Device::Cpu).unwrap();
+        let w = motion_weights(&still, 9.0).unwrap();
+        let w = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(w.iter().all(|&v| (v - 1.0).abs() < 1e-6), "{w:?}");
+    }
+
+    #[test]
+    fn motion_weighted_loss_reduces_to_mse_and_differs_on_motion() {
+        let cfg = crate::model::dldm::DldmConfig::tiny();
+        let (_, model) = seeded_varmap(7, &Device::Cpu, |vb| Dldm::new(&cfg, vb)).unwrap();
+        let s = cfg.patch_size;
+        let r = cfg.resolution;
+        let x = Tensor::rand(-1f32, 1f32, (1, 1 + s, 3, r, r), &Device::Cpu).unwrap();
+        let plain = reconstruction_loss(&model, &x)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let zero = weighted_reconstruction_loss(&model, &x, 0.0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(plain, zero);
+        let weighted = weighted_reconstruction_loss(&model, &x, 20.0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(weighted.is_finite() && weighted > 0.0);
+        assert!((weighted - plain).abs() > 1e-6, "{weighted} vs {plain}");
+    }
 }

@@ -21,6 +21,7 @@ pub mod assemble;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod e2e;
 pub mod head;
 pub mod ldm;
 pub mod optim;

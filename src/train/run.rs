@@ -133,7 +133,7 @@ pub fn batch_for_step(items: usize, batch_size: usize, seed: u64, step: u64) -> 
     (epoch, order[b * bs..(b + 1) * bs].to_vec())
 }
 
-pub use crate::policy::weights::write_atomic;
+pub use crate::base::fs::write_atomic;
 
 fn save_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
     let map: HashMap<String, Tensor> = tensors
