@@ -263,7 +263,7 @@ fn inspect_cli_reports_and_fails_on_bad_weights() {
 
 #[test]
 fn onnx_head_bundle_loads_and_matches_the_mlp() {
-    use vw2_policy::model::onnx_head::export_mlp_head_onnx;
+    use vw2_policy::model::onnx_export::export_mlp_head_onnx;
     let (d, yaml) = fresh_policy(5);
     let dev = Device::Cpu;
     // An ONNX head over (codes, visual, proprio) with weights we know.

@@ -213,7 +213,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
                 crate::train::ar::next_code_accuracy(&policy, &dataset, window, seq_steps, true)?;
             crate::base::fs::write_atomic(&out, serde_json::to_string_pretty(&r)?.as_bytes())?;
             println!(
-                "{} segments, {} latent steps: AR next-code top-1 {:.3} (first step {:.3}, later steps {:.3}; repeating the previous step {:.3}), all {} codes of a step right {:.3}; the encoder used {} codes {:?}; decoder MSE with own codes {:.5} vs another clip's {:.5}; wrote {}",
+                "{} segments, {} latent steps: AR next-code top-1 {:.3} (first step {:.3}, later steps {:.3}; repeating the previous step {:.3}), all {} codes of a step right {:.3}; the encoder used {} codes {:?}; decoder MSE with own codes {:.5} vs another clip's {:.5}; pre-rounding spread {:.3?} levels; wrote {}",
                 r.segments,
                 r.steps,
                 r.top1,
@@ -226,6 +226,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
                 r.distinct_per_query,
                 r.dldm.mse_own_codes,
                 r.dldm.mse_other_codes,
+                r.dldm.level_std_per_dim,
                 out.display()
             );
             Ok(())

@@ -196,12 +196,12 @@ pub fn write_model(path: &Path, model: &ModelProto) -> anyhow::Result<()> {
     result
 }
 
-enum Dim<'a> {
+pub(crate) enum Dim<'a> {
     Param(&'a str),
     Value(usize),
 }
 
-fn f32_value_info(name: &str, dims: &[Dim]) -> ValueInfoProto {
+pub(crate) fn f32_value_info(name: &str, dims: &[Dim]) -> ValueInfoProto {
     let dim = dims
         .iter()
         .map(|d| tensor_shape_proto::Dimension {
@@ -252,7 +252,7 @@ fn int_attr(name: &str, value: i64) -> AttributeProto {
     }
 }
 
-fn node(
+pub(crate) fn node(
     name: &str,
     op: &str,
     inputs: &[&str],

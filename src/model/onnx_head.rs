@@ -938,6 +938,7 @@ fn output_chunk(v: &ValueInfoProto, file: &Path) -> Result<Option<usize>, OnnxHe
 mod tests {
     use super::*;
     use crate::model::onnx_export::*;
+    use candle_onnx::onnx::{attribute_proto::AttributeType, AttributeProto, TypeProto};
     use rand::{Rng, SeedableRng};
 
     const CODES: usize = 12;

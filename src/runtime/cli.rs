@@ -83,10 +83,7 @@ pub fn run_on_simulator(o: &RunOptions) -> Result<RunReport> {
             write_png(&dir.join(format!("imagined_{step:05}.png")), img)?;
         }
         let json = serde_json::to_string_pretty(&report)?;
-        let path = dir.join("run_report.json");
-        let tmp = crate::base::fs::tmp_path(&path);
-        std::fs::write(&tmp, json)?;
-        std::fs::rename(&tmp, &path)?;
+        crate::base::fs::write_atomic(&dir.join("run_report.json"), json.as_bytes())?;
     }
     Ok(report)
 }

@@ -146,15 +146,21 @@ pub struct LdmStageConfig {
     /// [−1, 1]), normalized by the clip's mean weight. 0: plain MSE. The static
     /// background dominates a plain MSE, so the codes need not carry the arm's
     /// motion to meet it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub motion_weight: f64,
     /// Train the decoder to render the change from the first frame (its output
     /// is added to frame 0) instead of whole frames.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub residual_decoder: bool,
     /// Loop settings.
     #[serde(default)]
     pub train: TrainConfig,
+}
+
+/// Options left at their default are not written, so a run made before they
+/// existed keeps its identity (and resumes).
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 fn d_image() -> [usize; 2] {

@@ -258,6 +258,11 @@ pub struct CodeUsage {
     /// one within each batch of 8): how much the decoder relies on the codes.
     /// Equal to `mse_own_codes` when the codes carry nothing the decoder uses.
     pub mse_other_codes: f64,
+    /// Spread of each code dimension before rounding, in FSQ levels (1.0 =
+    /// one level apart): the std over latent steps of each query's value,
+    /// averaged over the queries. Below about 0.5 nearly every step of a query
+    /// rounds to the same level.
+    pub level_std_per_dim: Vec<f64>,
 }
 
 impl LdmStage {
@@ -296,6 +301,9 @@ pub fn code_usage(
     let mut per_query = vec![std::collections::BTreeSet::new(); queries];
     let mut steps = 0;
     let (mut own, mut other, mut batches) = (0f64, 0f64, 0usize);
+    let code_dim = model.fsq().dim();
+    // Pre-rounding values per (query, dim).
+    let mut bounded_vals: Vec<Vec<f64>> = vec![Vec::new(); queries * code_dim];
     for chunk in picks.chunks(8) {
         let clips: Vec<Vec<usize>> = chunk
             .iter()
@@ -303,6 +311,16 @@ pub fn code_usage(
             .collect();
         let x = frames.clips(&clips, dev)?;
         let enc = model.encode(&x)?;
+        let bounded = model.fsq().bound(&model.latents(&enc.features)?)?;
+        for (i, v) in bounded
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .enumerate()
+        {
+            let (token, d) = (i / code_dim, i % code_dim);
+            bounded_vals[(token % queries) * code_dim + d].push(v as f64);
+        }
         let first = enc.features.narrow(1, 0, 1)?;
         let t = x.dim(1)?;
         let target = x.narrow(1, 1, t - 1)?;
@@ -343,6 +361,18 @@ pub fn code_usage(
         distinct_per_query: per_query.iter().map(|s| s.len()).collect(),
         mse_own_codes: own / batches.max(1) as f64,
         mse_other_codes: other / batches.max(1) as f64,
+        level_std_per_dim: (0..code_dim)
+            .map(|d| {
+                let std = |v: &[f64]| {
+                    let m = v.iter().sum::<f64>() / v.len().max(1) as f64;
+                    (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt()
+                };
+                (0..queries)
+                    .map(|q| std(&bounded_vals[q * code_dim + d]))
+                    .sum::<f64>()
+                    / queries as f64
+            })
+            .collect(),
     })
 }
 
