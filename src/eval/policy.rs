@@ -213,6 +213,11 @@ impl ChunkPlayer {
         self.last_gripper = None;
     }
 
+    /// Actions of the current chunk not played yet.
+    pub fn remaining(&self) -> usize {
+        self.chunk.len().saturating_sub(self.next)
+    }
+
     /// Replaces the chunk (a newer plan arrived).
     pub fn set_chunk(&mut self, chunk: Vec<[f32; 7]>) {
         self.chunk = chunk;
@@ -350,7 +355,6 @@ pub struct E2eEvalPolicy {
     net: crate::train::e2e::LoadedE2e,
     instruction: Vec<f32>,
     player: ChunkPlayer,
-    steps_left: usize,
 }
 
 impl std::fmt::Debug for E2eEvalPolicy {
@@ -369,7 +373,6 @@ impl E2eEvalPolicy {
             net,
             instruction: vec![],
             player: ChunkPlayer::default(),
-            steps_left: 0,
         })
     }
 
@@ -404,17 +407,14 @@ impl EvalPolicy for E2eEvalPolicy {
             self.net.spec.model.instruction_dim,
         );
         self.player.clear();
-        self.steps_left = 0;
         Ok(())
     }
 
     fn step(&mut self, obs: &Observation, _env: &mut EnvAdapter) -> Result<Action> {
-        if self.steps_left == 0 {
+        if self.player.remaining() == 0 {
             let chunk = self.plan(obs)?;
-            self.steps_left = chunk.len();
             self.player.set_chunk(chunk);
         }
-        self.steps_left -= 1;
         let gripper_now = obs.robot_obs.get(14).copied().unwrap_or(1.0);
         Ok(self.player.next_action([0.0; 6], gripper_now))
     }

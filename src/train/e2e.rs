@@ -405,7 +405,8 @@ pub struct LoadedE2e {
 }
 
 impl LoadedE2e {
-    /// Loads `e2e.yaml` (or its folder) and the weights it names; every key must match.
+    /// Loads `e2e.yaml` (or its folder) and the weights it names; a missing or
+    /// misshapen key is an error.
     pub fn load(path: &Path, dev: &Device) -> Result<Self> {
         let (spec, dir) = E2eSpec::from_path(path)?;
         let w = dir.join(&spec.weights);

@@ -167,17 +167,19 @@ impl LdmStage {
     /// decoded frames 1..T−1.
     pub fn loss(&self, items: &[usize]) -> Result<Tensor> {
         let x = self.batch(items)?;
-        if self.cfg.residual_decoder {
-            return residual_reconstruction_loss(&self.model, &x, self.cfg.motion_weight);
-        }
-        weighted_reconstruction_loss(&self.model, &x, self.cfg.motion_weight)
+        weighted_reconstruction_loss(
+            &self.model,
+            &x,
+            self.cfg.motion_weight,
+            self.cfg.residual_decoder,
+        )
     }
 }
 
 /// Encodes `x` `[B, T, 3, H, W]`, decodes from frame 0's features and the codes,
 /// and returns the mean squared error over frames 1..T−1.
 pub fn reconstruction_loss(model: &Dldm, x: &Tensor) -> Result<Tensor> {
-    weighted_reconstruction_loss(model, x, 0.0)
+    weighted_reconstruction_loss(model, x, 0.0, false)
 }
 
 /// Per-pixel weights `[B, T−1, 1, H, W]` of the future frames of `x`
@@ -197,42 +199,26 @@ pub fn motion_weights(x: &Tensor, motion_weight: f64) -> Result<Tensor> {
     Ok(w.broadcast_div(&mean)?)
 }
 
-/// Like [`weighted_reconstruction_loss`], with the decoder's output read as the
-/// change from frame 0: the prediction is `x_0 + decode(…)`, so copying the
-/// first frame costs nothing to learn and every gradient goes to the change.
-pub fn residual_reconstruction_loss(
-    model: &Dldm,
-    x: &Tensor,
-    motion_weight: f64,
-) -> Result<Tensor> {
-    let enc = model.encode(x)?;
-    let first = enc.features.narrow(1, 0, 1)?;
-    let rec = model.decode(&first, &enc.codes)?;
-    let t = x.dim(1)?;
-    let x0 = x.narrow(1, 0, 1)?;
-    let target = x.narrow(1, 1, t - 1)?;
-    let pred = rec.narrow(1, 1, t - 1)?.broadcast_add(&x0)?;
-    let sq = (pred - &target)?.sqr()?;
-    if motion_weight == 0.0 {
-        return Ok(sq.mean_all()?);
-    }
-    let w = motion_weights(x, motion_weight)?;
-    Ok(sq.broadcast_mul(&w)?.mean_all()?)
-}
-
 /// [`reconstruction_loss`] with the pixels that changed since frame 0 weighted
-/// by [`motion_weights`] (`motion_weight` 0: the plain MSE).
+/// by [`motion_weights`] (`motion_weight` 0: the plain MSE). With `residual`
+/// the decoder's output is read as the change from frame 0 (the prediction is
+/// `x_0 + decode(…)`), so copying the first frame costs nothing to learn and
+/// every gradient goes to the change.
 pub fn weighted_reconstruction_loss(
     model: &Dldm,
     x: &Tensor,
     motion_weight: f64,
+    residual: bool,
 ) -> Result<Tensor> {
     let enc = model.encode(x)?;
     let first = enc.features.narrow(1, 0, 1)?;
     let rec = model.decode(&first, &enc.codes)?;
     let t = x.dim(1)?;
     let target = x.narrow(1, 1, t - 1)?;
-    let pred = rec.narrow(1, 1, t - 1)?;
+    let mut pred = rec.narrow(1, 1, t - 1)?;
+    if residual {
+        pred = pred.broadcast_add(&x.narrow(1, 0, 1)?)?;
+    }
     let sq = (pred - &target)?.sqr()?;
     if motion_weight == 0.0 {
         return Ok(sq.mean_all()?);
@@ -514,16 +500,22 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        let zero = weighted_reconstruction_loss(&model, &x, 0.0)
+        let zero = weighted_reconstruction_loss(&model, &x, 0.0, false)
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
         assert_eq!(plain, zero);
-        let weighted = weighted_reconstruction_loss(&model, &x, 20.0)
+        let weighted = weighted_reconstruction_loss(&model, &x, 20.0, false)
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
         assert!(weighted.is_finite() && weighted > 0.0);
         assert!((weighted - plain).abs() > 1e-6, "{weighted} vs {plain}");
+        let residual = weighted_reconstruction_loss(&model, &x, 0.0, true)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(residual.is_finite() && residual > 0.0);
+        assert!((residual - plain).abs() > 1e-6, "{residual} vs {plain}");
     }
 }
