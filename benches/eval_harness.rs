@@ -77,18 +77,28 @@ fn measure(backend: &str, n: usize, warmup: usize) -> anyhow::Result<Row> {
     let mut one = chain.clone();
     one.tasks.truncate(1);
     let mut policy = NoopPolicy;
+    let safety = vw2_policy::safety::SafetyConfig::calvin_default();
     let _ = rollout_chain(
         &mut env,
         &mut policy,
         &one,
         0,
         warmup.max(1),
+        &safety,
         Capture::default(),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let t = Instant::now();
-    let out = rollout_chain(&mut env, &mut policy, &one, 0, n, Capture::default())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let out = rollout_chain(
+        &mut env,
+        &mut policy,
+        &one,
+        0,
+        n,
+        &safety,
+        Capture::default(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let secs = t.elapsed().as_secs_f64();
     let steps = out.subtasks.iter().map(|s| s.steps).sum::<usize>();
     anyhow::ensure!(

@@ -35,7 +35,7 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
 fn main() {
     let seconds = arg("--seconds", 20.0);
     let cfg = SafetyConfig::calvin_default();
-    let rate = cfg.control_rate_hz;
+    let rate = cfg.rate_hz();
     let period = 1.0 / rate;
     let mut pipe = Pipeline::new(Control::Takeover, TakeoverConfig::default(), cfg).unwrap();
     let epoch = Instant::now();

@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use candle_core::Device;
+use vw2_policy::base::image::resize_bilinear;
 use vw2_policy::io::RgbImage;
 use vw2_policy::model::ar::Sampling;
-use vw2_policy::policy::closed_loop::resize_bilinear;
 use vw2_policy::policy::{LoadedPolicy, Policy, PolicyOptions};
 
 fn policy(options: PolicyOptions) -> Policy {

@@ -207,6 +207,7 @@ fn metrics_on_the_readme_example() {
 fn record(index: usize, completed: usize, env_error: bool) -> ChainRecord {
     let c = &official_chains()[index];
     ChainRecord {
+        safety_events: Default::default(),
         index,
         initial_condition: c.initial_condition.clone(),
         tasks: c.tasks.clone(),
@@ -270,7 +271,10 @@ fn check_results_layout(dir: &Path, n: usize) -> serde_json::Value {
     assert_eq!(obj.keys().collect::<Vec<_>>(), vec!["null"]);
     let e = &r["null"];
     let keys: Vec<&String> = e.as_object().unwrap().keys().collect();
-    assert_eq!(keys, vec!["avg_seq_len", "chain_sr", "task_info"]);
+    assert_eq!(
+        keys,
+        vec!["avg_seq_len", "chain_sr", "safety_events", "task_info"]
+    );
     let sr: Vec<f64> = (1..=5)
         .map(|i| e["chain_sr"][i.to_string()].as_f64().unwrap())
         .collect();
@@ -291,6 +295,14 @@ fn check_results_layout(dir: &Path, n: usize) -> serde_json::Value {
         .map(|v| v["total"].as_u64().unwrap())
         .sum();
     assert_eq!(total as usize, attempts);
+    // The safety layer's clamps and holds are the chains' own, summed.
+    let mut events = std::collections::BTreeMap::<String, u64>::new();
+    for r in recs.iter().filter(|r| !r.env_error) {
+        for (k, n) in &r.safety_events {
+            *events.entry(k.clone()).or_default() += n;
+        }
+    }
+    assert_eq!(e["safety_events"], serde_json::json!(events));
     assert!(dir.join("results.txt").exists());
     r
 }
@@ -820,33 +832,103 @@ fn playtable_scripted_on_a_real_chain() {
     assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
 }
 
+/// REAL BACKEND (PlayTable, pybullet): evaluation drives the robot's path.
+/// For the same bundle, seed and start state, the actions that reach the
+/// simulator through `vw2 eval calvin`'s rollout equal those `vw2 run` sends
+/// through the runtime (ingest → plan → actuate → safety), step for step.
 #[test]
-fn chunks_play_in_order_switch_to_newer_plans_and_then_hold() {
-    use vw2_policy::eval::policy::ChunkPlayer;
-    let mut p = ChunkPlayer::default();
-    // Before any chunk: hold still with the gripper as observed.
+fn eval_and_run_send_the_same_actions_to_the_env() {
+    use vw2_policy::eval::policy::Vw2EvalPolicy;
+    use vw2_policy::eval::{rollout_chain, Capture};
+    use vw2_policy::io::env_adapter::{EnvAdapter, EnvConfig};
+    use vw2_policy::io::robot::SimIo;
+    use vw2_policy::policy::{LoadedPolicy, Policy, PolicyOptions};
+    use vw2_policy::runtime::{run, RuntimeConfig};
+    use vw2_policy::safety::SafetyConfig;
+
+    let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-policy");
+    let chain = official_chains()[2].clone();
+    let steps = 24;
+    let options = PolicyOptions {
+        seed: 5,
+        ..Default::default()
+    };
+    let mut cfg = EnvConfig::new("playtable");
+    cfg.timeout_s = 60.0;
+
+    // vw2 eval calvin: one chain, cut at `steps` steps.
+    let mut env = EnvAdapter::spawn(&cfg).unwrap();
+    let eval_log = env.log_actions();
+    let mut policy = Vw2EvalPolicy::load(&bundle, options.clone()).unwrap();
+    let outcome = rollout_chain(
+        &mut env,
+        &mut policy,
+        &chain,
+        2,
+        steps,
+        &SafetyConfig::calvin_default(),
+        Capture {
+            actions: true,
+            ..Capture::default()
+        },
+    )
+    .unwrap();
+    drop(env);
+    let eval_actions = eval_log.lock().unwrap().clone();
+    assert_eq!(outcome.completed, 0, "the tiny policy solved a subtask");
+    assert_eq!(eval_actions.len(), steps);
     assert_eq!(
-        p.next_action([0.0; 6], -1.0),
-        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0]
+        outcome.actions,
+        eval_actions.iter().map(|(a, _)| *a).collect::<Vec<_>>()
     );
-    p.set_chunk(vec![
-        [0.5, 0., 0., 0., 0., 0., 1.],
-        [0.25, 0., 0., 0., 0., 0., -1.],
-    ]);
-    assert_eq!(p.next_action([0.0; 6], 1.0)[0], 0.5);
-    // A newer plan replaces the rest of the chunk.
-    p.set_chunk(vec![[0.1, 0., 0., 0., 0., 0., -1.]]);
-    let a = p.next_action([0.0; 6], 1.0);
-    assert!((a[0] - 0.1).abs() < 1e-7 && a[6] == -1.0);
-    // Out of actions: zero motion, the last gripper command (not the observed one).
-    assert_eq!(
-        p.next_action([0.0; 6], 1.0),
-        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0]
+
+    // vw2 run: the runtime from the chain's start state, the first subtask's instruction.
+    let mut io = SimIo::start(&cfg, Some(&chain.robot_obs), Some(&chain.scene_obs)).unwrap();
+    let run_log = io.env_mut().log_actions();
+    let planner = Policy::new(
+        LoadedPolicy::load(&bundle, &candle_core::Device::Cpu).unwrap(),
+        options,
+        candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let instruction = vw2_policy::eval::sentences::validation_sentence(&chain.tasks[0]).unwrap();
+    let mut rc = RuntimeConfig::new(SafetyConfig::calvin_default(), instruction);
+    rc.max_steps = Some(steps as u64);
+    let report = run(
+        Box::new(io),
+        Box::new(planner),
+        None,
+        rc,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    )
+    .unwrap();
+    assert_eq!(report.ticks, steps as u64);
+    let run_actions = run_log.lock().unwrap().clone();
+    // The run holds on the way out: those steps come after the compared ones.
+    assert!(run_actions.len() >= steps, "{}", run_actions.len());
+    for (k, ((e, er), (r, rr))) in eval_actions.iter().zip(&run_actions).enumerate() {
+        assert!(*er && *rr, "step {k}: both send relative actions");
+        assert_eq!(e, r, "step {k}: eval {e:?} vs run {r:?}");
+    }
+    // The policy moved the arm: the comparison is not between holds.
+    assert!(eval_actions
+        .iter()
+        .any(|(a, _)| a[..6].iter().any(|v| v.abs() > 1e-3)));
+    // Inside the CALVIN envelope nothing was clamped on either path.
+    assert!(
+        outcome.safety_events.is_empty(),
+        "{:?}",
+        outcome.safety_events
     );
-    // Absolute bundles hold the current pose.
-    let pose = [0.1, 0.2, 0.3, 3.1, 0.0, 1.5];
-    let h = p.next_action(pose, 1.0);
-    assert_eq!(&h[..6], &pose);
+    // (The run's only events are the e-stop of its exit and the silence after.)
+    assert!(
+        report
+            .safety_events
+            .keys()
+            .all(|k| k == "EStop" || k == "Silenced"),
+        "{:?}",
+        report.safety_events
+    );
 }
 
 /// Runs `vw2 demo ARGS… --out OUT` in `cwd`; asserts success, returns stdout.

@@ -89,7 +89,8 @@ fn defaults_fill_what_is_not_given() {
     assert_eq!(p.topics.image, "~/image");
     assert_eq!(p.topics.twist_cmd, "/servo_node/delta_twist_cmds");
     assert_eq!(p.safety.stale_timeout_s, 0.25);
-    assert_eq!(p.safety.control_rate_hz, 30.0);
+    // Left out: the node takes the policy bundle's rate at start.
+    assert_eq!(p.safety.control_rate_hz, None);
     assert!(p.publish_imagined);
     assert!(!p.use_sim_time);
     p.validate_values().unwrap();

@@ -222,6 +222,9 @@ impl Planner for SlowStart {
     fn image_size(&self) -> [usize; 2] {
         self.0.image_size()
     }
+    fn control_rate_hz(&self) -> f64 {
+        self.0.control_rate_hz()
+    }
     fn observe(
         &mut self,
         frame: &vw2_policy::io::RgbImage,

@@ -48,7 +48,7 @@ fn tight_config() -> SafetyConfig {
         gripper_debounce_s: 0.3,
         stale_timeout_s: 0.25,
         hold_repeats: 2,
-        control_rate_hz: 50.0,
+        control_rate_hz: Some(50.0),
         relative_base: RelativeBase::LastTarget,
     }
 }
@@ -158,7 +158,7 @@ fn check_command(
     cmd: &SafeCommand,
     prev: Option<&SafeCommand>,
 ) -> Result<(), TestCaseError> {
-    let dt = 1.0 / cfg.control_rate_hz;
+    let dt = cfg.dt();
     prop_assert!(cmd.is_finite(), "non-finite command {cmd:?}");
     prop_assert!(matches!(
         cmd.gripper,
@@ -613,7 +613,25 @@ fn yaml_loads_validates_and_rejects_unknown_keys() {
     let cfg = SafetyConfig::from_yaml_str(&minimal).unwrap();
     assert_eq!(cfg.stale_timeout_s, 0.25);
     assert_eq!(cfg.hold_repeats, 3);
-    assert_eq!(cfg.control_rate_hz, 30.0);
+    // The rate left out: the policy bundle's, filled in at start…
+    assert_eq!(cfg.control_rate_hz, None);
+    assert!(SafetyLayer::new(cfg.clone())
+        .unwrap_err()
+        .to_string()
+        .contains("control_rate_hz"));
+    let filled = cfg.clone().with_control_rate(15.0, "the policy").unwrap();
+    assert_eq!(filled.control_rate_hz, Some(15.0));
+    assert!((filled.dt() - 1.0 / 15.0).abs() < 1e-15);
+    // …and a stated rate that disagrees with the bundle is refused, naming both.
+    let full = SafetyConfig::from_yaml_str(REAL_ARM_YAML).unwrap();
+    let msg = full
+        .with_control_rate(15.0, "the policy bundle p")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("control_rate_hz") && msg.contains("15 Hz") && msg.contains("30 Hz"),
+        "{msg}"
+    );
     assert_eq!(cfg.relative_base, RelativeBase::LastTarget);
 
     let unknown = format!("{REAL_ARM_YAML}max_jerk: 10.0\n");
@@ -674,7 +692,7 @@ fn absolute_target_outside_box_is_clamped_and_rate_limited() {
     let start = TcpPose::new([0.5, 0.0, 0.2], [PI, 0.0, 0.0]);
     layer.reset(start, GripperState::Open, 0.0).unwrap();
     let goal = TcpPose::new([5.0, -5.0, 0.2], [PI, 0.0, 0.0]);
-    let dt = 1.0 / cfg.control_rate_hz;
+    let dt = cfg.dt();
     let mut last = None;
     for k in 0..200 {
         let now = k as f64 * dt;
@@ -712,7 +730,7 @@ fn roll_interval_across_pi_wraps_instead_of_flipping() {
     // −π + 1.0 = π + 1.0 is 0.4 rad past the upper limit: clamp to π + 0.6,
     // moving the short way (up), not across the forbidden side.
     let goal = TcpPose::new([0.5, 0.0, 0.2], [-PI + 1.0, 0.0, 0.0]);
-    let dt = 1.0 / cfg.control_rate_hz;
+    let dt = cfg.dt();
     for k in 0..200 {
         let now = k as f64 * dt;
         layer.on_frame(now);
@@ -793,4 +811,58 @@ fn the_calvin_envelope_passes_a_valid_action_through_while_the_arm_lags() {
         }
     }
     assert!(layer.drain_events().is_empty());
+}
+
+#[test]
+fn the_calvin_envelope_never_clips_a_valid_calvin_action() {
+    // Random valid CALVIN actions (full reversals and gripper flips on
+    // consecutive steps included) while the simulated arm lags its targets by
+    // up to 5 cm / 0.1 rad: every action reaches the simulator unchanged and
+    // the layer records no event. Evaluation goes through this envelope, so
+    // the official protocol's numbers are the policy's own.
+    let mut seed = 7u64;
+    let mut rnd = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 11) as f64) / ((1u64 << 53) as f64) * 2.0 - 1.0
+    };
+    let cfg = SafetyConfig::calvin_default();
+    let mut layer = SafetyLayer::new(cfg.clone()).unwrap();
+    let centre = [0.0, -0.1, 0.55, PI, 0.0, 1.5];
+    let mut measured = TcpPose::new([0.05, -0.1, 0.55], [PI - 0.05, 0.0, 1.5]);
+    layer.reset(measured, GripperState::Open, 0.0).unwrap();
+    for k in 0..3000 {
+        let t = k as f64 * cfg.dt();
+        let mut asked = [0.0; 7];
+        for (i, v) in asked.iter_mut().take(6).enumerate() {
+            // Mostly saturated components: the hardest case for the limits…
+            *v = if rnd() > 0.0 { rnd().signum() } else { rnd() };
+            // …steered back when the walk leaves the middle of the table.
+            let off = vw2_policy::base::angle::wrap_pi(measured.axis(i) - centre[i]);
+            let reach = if i < 3 { 0.15 } else { 0.3 };
+            if off.abs() > reach {
+                *v = -v.abs() * off.signum();
+            }
+        }
+        asked[6] = rnd().signum();
+        layer.on_frame(t);
+        layer.on_proprio(t, measured);
+        let req = ActionRequest::from_calvin_relative(t, asked, 0.02, 0.05);
+        let cmd = layer.process(t, Some(&req)).unwrap();
+        assert_eq!(cmd.kind, CommandKind::Move, "tick {k}");
+        let executed = cmd.relative_action(&measured, 0.02, 0.05);
+        for (i, (e, a)) in executed.iter().zip(asked).enumerate() {
+            assert!((e - a).abs() < 1e-9, "tick {k}, axis {i}: {e} vs {a}");
+        }
+        let events = layer.drain_events();
+        assert!(events.is_empty(), "tick {k}: {events:?}");
+        // The arm reaches the target up to a tracking error of 5 cm / 0.1 rad.
+        let mut next = cmd.target;
+        for i in 0..6 {
+            let err = if i < 3 { 0.05 } else { 0.1 };
+            next.set_axis(i, next.axis(i) + err * rnd());
+        }
+        measured = next;
+    }
 }

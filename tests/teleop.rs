@@ -92,13 +92,15 @@ fn run(
 fn shadow_on_playtable_executes_only_the_operator_and_matches_the_expert() {
     let chain = &official_chains()[1];
     let ep_len = 150;
-    let mut e = env("playtable");
+    // A fresh simulator per run: pybullet is bit-exact from a fresh start,
+    // not across resets, and a borderline grasp must not decide the comparison.
     let expert = rollout_chain(
-        &mut e,
+        &mut env("playtable"),
         &mut ScriptedPolicy::default(),
         chain,
         1,
         ep_len,
+        &vw2_policy::safety::SafetyConfig::calvin_default(),
         Capture::default(),
     )
     .unwrap();
@@ -107,7 +109,7 @@ fn shadow_on_playtable_executes_only_the_operator_and_matches_the_expert() {
     for seed in [1, 2] {
         let mut op = scripted(ScriptedOperatorConfig::default());
         runs.push(run(
-            &mut e,
+            &mut env("playtable"),
             &mut RandomPolicy::new(seed),
             &mut op,
             chain,

@@ -1,4 +1,5 @@
-//! The 8-bit RGB image type and the crate's one PNG writer (OpenCV's encoder).
+//! The 8-bit RGB image type, the one model-input preprocessing ([`preprocess`])
+//! and the crate's one PNG writer (OpenCV's encoder).
 
 use std::path::Path;
 
@@ -113,4 +114,51 @@ pub fn write_png(path: &Path, img: &Image) -> Result<()> {
     let bytes =
         encode_png(img).with_context(|| format!("{}: cannot encode PNG", path.display()))?;
     super::fs::write_atomic(path, &bytes)
+}
+
+/// The one image preprocessing every model input goes through, in record,
+/// train, eval, `vw2 run` and the ROS node: an RGB frame to the model's
+/// `[height, width]` by [`resize_bilinear`] (unchanged when it already has
+/// that size). Colour conversion of camera encodings happens before, in
+/// `runtime::ingest`; what comes out of here is what a policy saw in training.
+pub fn preprocess(img: &Image, size: [usize; 2]) -> std::borrow::Cow<'_, Image> {
+    let [h, w] = size;
+    if img.height == h && img.width == w {
+        std::borrow::Cow::Borrowed(img)
+    } else {
+        std::borrow::Cow::Owned(resize_bilinear(img, h, w))
+    }
+}
+
+/// Bilinear resize of an RGB image (half-pixel centres, like
+/// `torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`).
+pub fn resize_bilinear(img: &Image, out_h: usize, out_w: usize) -> Image {
+    let (ih, iw) = (img.height, img.width);
+    let mut data = vec![0u8; out_h * out_w * 3];
+    let sy = ih as f32 / out_h as f32;
+    let sx = iw as f32 / out_w as f32;
+    for y in 0..out_h {
+        let fy = ((y as f32 + 0.5) * sy - 0.5).max(0.0);
+        let y0 = (fy as usize).min(ih - 1);
+        let y1 = (y0 + 1).min(ih - 1);
+        let wy = fy - y0 as f32;
+        for x in 0..out_w {
+            let fx = ((x as f32 + 0.5) * sx - 0.5).max(0.0);
+            let x0 = (fx as usize).min(iw - 1);
+            let x1 = (x0 + 1).min(iw - 1);
+            let wx = fx - x0 as f32;
+            for c in 0..3 {
+                let p = |yy: usize, xx: usize| img.data[(yy * iw + xx) * 3 + c] as f32;
+                let top = p(y0, x0) * (1.0 - wx) + p(y0, x1) * wx;
+                let bot = p(y1, x0) * (1.0 - wx) + p(y1, x1) * wx;
+                data[(y * out_w + x) * 3 + c] =
+                    (top * (1.0 - wy) + bot * wy).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    Image {
+        height: out_h,
+        width: out_w,
+        data,
+    }
 }

@@ -132,6 +132,11 @@ pub struct CalvinArgs {
     /// Key of `results.json` (CALVIN's epoch; default `null`).
     #[arg(long)]
     pub epoch: Option<String>,
+    /// Safety envelope YAML every command goes through (default: CALVIN's,
+    /// which passes every valid CALVIN action); clamps and holds are counted
+    /// in results.json.
+    #[arg(long)]
+    pub safety: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -298,6 +303,7 @@ pub fn run_calvin(a: CalvinArgs) -> Result<super::runner::EvalReport> {
         save_strips: a.save_strips,
         retry_env_errors: a.retry_env_errors,
         epoch: a.epoch,
+        safety: crate::runtime::cli::safety_config(a.safety.as_deref())?,
     };
     evaluate(&env, &policy, jobs, &a.out, &run, &opts)
 }

@@ -131,6 +131,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         retry_env_errors: false,
         env_timeout: EnvConfig::new("").timeout_s,
         epoch: None,
+        safety: None,
         no_progress: a.no_progress,
     })?;
     for rec in report.records.values() {

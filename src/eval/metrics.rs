@@ -47,6 +47,11 @@ pub struct ChainRecord {
     pub attempts: usize,
     /// Wall time of the successful (or last) attempt, seconds.
     pub wall_s: f64,
+    /// What the safety layer did to this chain's commands, by event kind
+    /// (`ClampedPosition`, `VelocityLimited`, `AccelLimited`, holds and their
+    /// causes …). Empty: every action reached the env as the policy planned it.
+    #[serde(default)]
+    pub safety_events: BTreeMap<String, u64>,
 }
 
 impl ChainRecord {
@@ -83,6 +88,8 @@ pub struct Metrics {
     pub chain_sr: [f64; CHAIN_LEN],
     /// Per-task success / total.
     pub task_info: BTreeMap<String, TaskInfo>,
+    /// Safety events (clamps and holds) over the chains with a policy result, by kind.
+    pub safety_events: BTreeMap<String, u64>,
 }
 
 /// `count_success`: SR(i) = fraction of `results` ≥ i, i = 1..5.
@@ -129,17 +136,25 @@ impl Metrics {
     pub fn compute(records: &[ChainRecord]) -> Self {
         let ok: Vec<&ChainRecord> = records.iter().filter(|r| !r.env_error).collect();
         let results: Vec<usize> = ok.iter().map(|r| r.completed).collect();
+        let mut safety_events = BTreeMap::new();
+        for r in &ok {
+            for (k, n) in &r.safety_events {
+                *safety_events.entry(k.clone()).or_default() += n;
+            }
+        }
         Self {
             chains: ok.len(),
             env_errors: records.len() - ok.len(),
             avg_seq_len: avg_seq_len(&results),
             chain_sr: count_success(&results),
             task_info: task_info(ok.iter().map(|r| (r.completed, r.tasks.as_slice()))),
+            safety_events,
         }
     }
 
     /// `results.json` in CALVIN's layout: `{epoch: {avg_seq_len, chain_sr, task_info}}`
-    /// (epoch `"null"` when none is given, as `json.dump` writes Python's `None`).
+    /// (epoch `"null"` when none is given, as `json.dump` writes Python's `None`),
+    /// plus `safety_events`: every clamp or hold the safety layer applied.
     pub fn results_json(&self, epoch: Option<&str>) -> serde_json::Value {
         let chain_sr: serde_json::Map<String, serde_json::Value> = self
             .chain_sr
@@ -154,6 +169,7 @@ impl Metrics {
                 "avg_seq_len": self.avg_seq_len,
                 "chain_sr": chain_sr,
                 "task_info": self.task_info,
+                "safety_events": self.safety_events,
             }),
         );
         serde_json::Value::Object(top)

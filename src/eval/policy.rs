@@ -10,6 +10,7 @@ use crate::io::env_adapter::EnvAdapter;
 use crate::io::{Observation, RgbImage};
 use crate::policy::Plan;
 use crate::policy::{LoadedPolicy, Policy, PolicyOptions};
+use crate::runtime::actuate::Chunk;
 use crate::runtime::{DecoderRenderer, Renderer};
 
 /// A 7-D CALVIN action: xyz, euler xyz, gripper (exactly −1 close / +1 open).
@@ -20,8 +21,11 @@ pub type Action = [f64; 7];
 ///
 /// Per chain the harness calls [`EvalPolicy::begin_chain`] once; per subtask
 /// [`EvalPolicy::reset`], then [`EvalPolicy::step`] once per control step with
-/// the latest observation. `env` is the simulator of this rollout, for policies
-/// that use privileged state (the scripted expert); learned policies ignore it.
+/// the latest observation. What the policy plans goes through the robot's
+/// path: the runtime's [`crate::runtime::actuate::Actuator`] plays the chunk
+/// and the safety layer clamps it before the env sees it. `env` is the
+/// simulator of this rollout, for policies that use privileged state (the
+/// scripted expert); learned policies ignore it.
 pub trait EvalPolicy: Send {
     /// A new chain starts (`index` in the chain list): re-seed what is random.
     fn begin_chain(&mut self, _index: usize) -> Result<()> {
@@ -29,11 +33,13 @@ pub trait EvalPolicy: Send {
     }
     /// A new subtask: `task` is the oracle's name, `instruction` CALVIN's sentence.
     fn reset(&mut self, task: &str, instruction: &str) -> Result<()>;
-    /// The action for this step.
-    fn step(&mut self, obs: &Observation, env: &mut EnvAdapter) -> Result<Action>;
-    /// Whether [`EvalPolicy::step`]'s actions are relative (CALVIN's `rel_actions`).
-    fn relative(&self) -> bool {
-        true
+    /// The observation captured at control time `t` (s): a new chunk to play
+    /// from now on, or `None` to keep playing the current one.
+    fn step(&mut self, obs: &Observation, t: f64, env: &mut EnvAdapter) -> Result<Option<Chunk>>;
+    /// The control rate the policy was trained at (Hz); `None` for baselines
+    /// that act at any rate.
+    fn control_rate_hz(&self) -> Option<f64> {
+        None
     }
     /// Policies with a world model: when the last [`EvalPolicy::step`] made a
     /// new plan, the frames it imagines for the planned latent step (an RGB
@@ -157,13 +163,13 @@ impl EvalPolicy for RandomPolicy {
     fn reset(&mut self, _task: &str, _instruction: &str) -> Result<()> {
         Ok(())
     }
-    fn step(&mut self, _obs: &Observation, _env: &mut EnvAdapter) -> Result<Action> {
+    fn step(&mut self, _obs: &Observation, t: f64, _env: &mut EnvAdapter) -> Result<Option<Chunk>> {
         let mut a = [0.0; 7];
         for v in &mut a[..6] {
             *v = self.rng.random_range(-1.0..=1.0);
         }
         a[6] = if self.rng.random_bool(0.5) { 1.0 } else { -1.0 };
-        Ok(a)
+        Ok(Some(Chunk::single(t, a, true)))
     }
 }
 
@@ -178,8 +184,8 @@ impl EvalPolicy for ScriptedPolicy {
         self.task = task.into();
         Ok(())
     }
-    fn step(&mut self, _obs: &Observation, env: &mut EnvAdapter) -> Result<Action> {
-        Ok(env.expert_action(&self.task)?)
+    fn step(&mut self, _obs: &Observation, t: f64, env: &mut EnvAdapter) -> Result<Option<Chunk>> {
+        Ok(Some(Chunk::single(t, env.expert_action(&self.task)?, true)))
     }
 }
 
@@ -191,59 +197,12 @@ impl EvalPolicy for NoopPolicy {
     fn reset(&mut self, _task: &str, _instruction: &str) -> Result<()> {
         Ok(())
     }
-    fn step(&mut self, _obs: &Observation, _env: &mut EnvAdapter) -> Result<Action> {
-        Ok([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
-    }
-}
-
-/// Plays action chunks: the newest plan's chunk one action per step; when a
-/// chunk runs out, holds still with the last gripper command.
-#[derive(Debug, Clone, Default)]
-pub struct ChunkPlayer {
-    chunk: Vec<[f32; 7]>,
-    next: usize,
-    last_gripper: Option<f64>,
-}
-
-impl ChunkPlayer {
-    /// Forgets the chunk and the gripper state.
-    pub fn clear(&mut self) {
-        self.chunk.clear();
-        self.next = 0;
-        self.last_gripper = None;
-    }
-
-    /// Actions of the current chunk not played yet.
-    pub fn remaining(&self) -> usize {
-        self.chunk.len().saturating_sub(self.next)
-    }
-
-    /// Replaces the chunk (a newer plan arrived).
-    pub fn set_chunk(&mut self, chunk: Vec<[f32; 7]>) {
-        self.chunk = chunk;
-        self.next = 0;
-    }
-
-    /// The next action. `hold_pose` is what "no motion" means: zeros for
-    /// relative actions, the current TCP pose for absolute ones; `gripper_now`
-    /// is the gripper command to hold when no action was played yet.
-    pub fn next_action(&mut self, hold_pose: [f64; 6], gripper_now: f64) -> Action {
-        if let Some(a) = self.chunk.get(self.next) {
-            self.next += 1;
-            let mut out = [0.0; 7];
-            for (o, v) in out.iter_mut().zip(a) {
-                *o = *v as f64;
-            }
-            self.last_gripper = Some(out[6]);
-            return out;
-        }
-        let g = self
-            .last_gripper
-            .unwrap_or(if gripper_now < 0.0 { -1.0 } else { 1.0 });
-        let mut out = [0.0; 7];
-        out[..6].copy_from_slice(&hold_pose);
-        out[6] = g;
-        out
+    fn step(&mut self, _obs: &Observation, t: f64, _env: &mut EnvAdapter) -> Result<Option<Chunk>> {
+        Ok(Some(Chunk::single(
+            t,
+            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+            true,
+        )))
     }
 }
 
@@ -252,10 +211,8 @@ pub struct Vw2EvalPolicy {
     policy: Policy,
     renderer: DecoderRenderer,
     fresh_plan: Option<Plan>,
-    player: ChunkPlayer,
     step: usize,
     control_hz: f64,
-    relative: bool,
 }
 
 impl std::fmt::Debug for Vw2EvalPolicy {
@@ -277,17 +234,14 @@ impl Vw2EvalPolicy {
         let bundle = LoadedPolicy::load(path, &device)
             .with_context(|| format!("{}: cannot load policy bundle", path.display()))?;
         let control_hz = bundle.spec.control_rate_hz;
-        let relative = bundle.spec.action_space.kind == crate::policy::bundle::ActionKind::Relative;
         let renderer = DecoderRenderer::new(bundle.dldm.clone());
         let policy = Policy::new(bundle, options, device)?;
         Ok(Self {
             policy,
             renderer,
             fresh_plan: None,
-            player: ChunkPlayer::default(),
             step: 0,
             control_hz,
-            relative,
         })
     }
 }
@@ -295,38 +249,27 @@ impl Vw2EvalPolicy {
 impl EvalPolicy for Vw2EvalPolicy {
     fn reset(&mut self, _task: &str, instruction: &str) -> Result<()> {
         self.policy.reset(instruction)?;
-        self.player.clear();
         self.fresh_plan = None;
         self.step = 0;
         Ok(())
     }
 
-    fn step(&mut self, obs: &Observation, _env: &mut EnvAdapter) -> Result<Action> {
-        let t = self.step as f64 / self.control_hz;
+    fn step(&mut self, obs: &Observation, t: f64, _env: &mut EnvAdapter) -> Result<Option<Chunk>> {
         self.step += 1;
         self.fresh_plan = None;
-        if let Some(plan) = self
+        let plan = self
             .policy
             .observe(&obs.rgb_static, &obs.robot_obs, t)
-            .map_err(|e| anyhow!("policy step {}: {e:#}", self.step - 1))?
-        {
-            self.relative = plan.relative;
-            self.player.set_chunk(plan.actions.clone());
+            .map_err(|e| anyhow!("policy step {}: {e:#}", self.step - 1))?;
+        Ok(plan.map(|plan| {
+            let chunk = Chunk::of_plan(&plan);
             self.fresh_plan = Some(plan);
-        }
-        let hold = if self.relative {
-            [0.0; 6]
-        } else {
-            let mut p = [0.0; 6];
-            p.copy_from_slice(&obs.robot_obs[..6]);
-            p
-        };
-        let gripper_now = obs.robot_obs.get(14).copied().unwrap_or(1.0);
-        Ok(self.player.next_action(hold, gripper_now))
+            chunk
+        }))
     }
 
-    fn relative(&self) -> bool {
-        self.relative
+    fn control_rate_hz(&self) -> Option<f64> {
+        Some(self.control_hz)
     }
 
     fn imagined(&mut self) -> Result<Option<(RgbImage, usize)>> {
@@ -354,7 +297,8 @@ fn is_e2e_path(p: &Path) -> bool {
 pub struct E2eEvalPolicy {
     net: crate::train::e2e::LoadedE2e,
     instruction: Vec<f32>,
-    player: ChunkPlayer,
+    /// Control steps left in the current chunk.
+    remaining: usize,
 }
 
 impl std::fmt::Debug for E2eEvalPolicy {
@@ -372,7 +316,7 @@ impl E2eEvalPolicy {
         Ok(Self {
             net,
             instruction: vec![],
-            player: ChunkPlayer::default(),
+            remaining: 0,
         })
     }
 
@@ -382,7 +326,7 @@ impl E2eEvalPolicy {
         let dev = Device::Cpu;
         let spec = &self.net.spec;
         let [h, w] = spec.image_size;
-        let img = crate::policy::closed_loop::resize_bilinear(&obs.rgb_static, h, w);
+        let img = crate::base::image::preprocess(&obs.rgb_static, [h, w]).into_owned();
         let u8s = Tensor::from_vec(img.data, (1, 1, h, w, 3), &dev)?;
         let frames = crate::model::dldm::Dldm::frames_from_u8(&u8s, DType::F32)?;
         let n = &spec.normalization;
@@ -406,16 +350,25 @@ impl EvalPolicy for E2eEvalPolicy {
             instruction,
             self.net.spec.model.instruction_dim,
         );
-        self.player.clear();
+        self.remaining = 0;
         Ok(())
     }
 
-    fn step(&mut self, obs: &Observation, _env: &mut EnvAdapter) -> Result<Action> {
-        if self.player.remaining() == 0 {
-            let chunk = self.plan(obs)?;
-            self.player.set_chunk(chunk);
+    fn step(&mut self, obs: &Observation, t: f64, _env: &mut EnvAdapter) -> Result<Option<Chunk>> {
+        if self.remaining > 0 {
+            self.remaining -= 1;
+            return Ok(None);
         }
-        let gripper_now = obs.robot_obs.get(14).copied().unwrap_or(1.0);
-        Ok(self.player.next_action([0.0; 6], gripper_now))
+        let actions = self.plan(obs)?;
+        self.remaining = actions.len().saturating_sub(1);
+        Ok(Some(Chunk {
+            t,
+            actions: actions.iter().map(|a| a.map(f64::from)).collect(),
+            relative: true,
+        }))
+    }
+
+    fn control_rate_hz(&self) -> Option<f64> {
+        Some(self.net.spec.control_rate_hz)
     }
 }

@@ -7,6 +7,12 @@
 //! (`task_success(start_info, [subtask])`); the subtask succeeds when the
 //! oracle reports it, and the chain stops at the first failure.
 //!
+//! The policy step is the robot's path, in lockstep: the policy plans a chunk,
+//! the runtime's [`Actuator`] plays it and the safety layer clamps it, and the
+//! env is stepped with the command's relative action (as `vw2 run` steps a
+//! simulator). The CALVIN envelope passes every valid CALVIN action
+//! unchanged; whatever it clamps or holds is counted per chain.
+//!
 //! W worker threads each own one env process and one policy instance. The
 //! main thread appends each finished chain to `chains.jsonl` (fsynced) as it
 //! arrives, so a killed run resumes without repeating or losing a chain. A
@@ -37,7 +43,10 @@ use super::store::{claim_run_dir, read_chain_log, write_results, ChainLog, RunIn
 use super::strips::{strip_path, ImaginationLog, STRIP_COLUMNS};
 use crate::base::image::write_png as save_png;
 use crate::io::env_adapter::{EnvAdapter, EnvConfig, EnvError};
+use crate::io::robot::tcp_from_robot_obs;
 use crate::io::RgbImage;
+use crate::runtime::actuate::{sim_action, Actuator};
+use crate::safety::{GripperState, SafetyConfig};
 
 /// CALVIN's step budget per subtask.
 pub const EP_LEN: usize = 360;
@@ -69,6 +78,9 @@ pub struct EvalOptions {
     pub retry_env_errors: bool,
     /// The key of `results.json` (CALVIN's epoch; `null` when none).
     pub epoch: Option<String>,
+    /// The safety envelope every command goes through (default: CALVIN's,
+    /// which passes every valid CALVIN action unchanged).
+    pub safety: SafetyConfig,
 }
 
 impl Default for EvalOptions {
@@ -81,6 +93,7 @@ impl Default for EvalOptions {
             save_strips: false,
             retry_env_errors: false,
             epoch: None,
+            safety: SafetyConfig::calvin_default(),
         }
     }
 }
@@ -116,6 +129,8 @@ pub struct Capture {
     pub failure_frames: bool,
     /// Real-versus-imagined strips of every subtask ([`ChainOutcome::strips`]).
     pub strips: bool,
+    /// The actions the env was stepped with ([`ChainOutcome::actions`]).
+    pub actions: bool,
 }
 
 /// The outcome of one chain rollout.
@@ -129,6 +144,10 @@ pub struct ChainOutcome {
     pub failure: Option<FailureClip>,
     /// One strip per attempted subtask that imagined something (with [`Capture::strips`]).
     pub strips: Vec<SubtaskStrip>,
+    /// The safety layer's clamps and holds, by kind.
+    pub safety_events: BTreeMap<String, u64>,
+    /// Every action the env was stepped with, in order (with [`Capture::actions`]).
+    pub actions: Vec<[f64; 7]>,
 }
 
 /// Why a rollout stopped early.
@@ -168,14 +187,15 @@ fn classify(e: anyhow::Error) -> RolloutError {
     }
 }
 
-/// Rolls out one chain with CALVIN's protocol; `capture` says which frames
-/// come back in the outcome besides the results.
+/// Rolls out one chain with CALVIN's protocol under the `safety` envelope;
+/// `capture` says what comes back in the outcome besides the results.
 pub fn rollout_chain(
     env: &mut EnvAdapter,
     policy: &mut dyn EvalPolicy,
     chain: &Chain,
     index: usize,
     ep_len: usize,
+    safety: &SafetyConfig,
     capture: Capture,
 ) -> Result<ChainOutcome, RolloutError> {
     rollout(
@@ -184,6 +204,7 @@ pub fn rollout_chain(
         chain,
         index,
         ep_len,
+        safety,
         capture,
         &AtomicBool::new(false),
     )
@@ -191,48 +212,86 @@ pub fn rollout_chain(
 
 /// [`rollout_chain`], setting `stepped` once an env step and its oracle
 /// query have succeeded.
+#[allow(clippy::too_many_arguments)]
 fn rollout(
     env: &mut EnvAdapter,
     policy: &mut dyn EvalPolicy,
     chain: &Chain,
     index: usize,
     ep_len: usize,
+    safety: &SafetyConfig,
     capture: Capture,
     stepped: &AtomicBool,
 ) -> Result<ChainOutcome, RolloutError> {
     let keep_frames = capture.failure_frames;
+    let env_rate = env.hello().control_hz;
+    let rate = match policy.control_rate_hz() {
+        Some(hz) if (hz - env_rate).abs() > 1e-9 => {
+            return Err(RolloutError::Policy(anyhow!(
+                "control rate: the policy was trained at {hz} Hz but the simulator runs at \
+                 {env_rate} Hz; run the simulator at the policy's rate"
+            )))
+        }
+        Some(hz) => hz,
+        None => env_rate,
+    };
+    let mut actuator = Actuator::new(safety.clone(), rate, None).map_err(RolloutError::Policy)?;
     let mut obs = env.reset(Some(&chain.robot_obs), Some(&chain.scene_obs))?;
     policy.begin_chain(index).map_err(classify)?;
+    let gripper0 = GripperState::from_signal(obs.robot_obs.get(14).copied().unwrap_or(1.0));
+    actuator
+        .reset(0.0, tcp_from_robot_obs(&obs.robot_obs), gripper0)
+        .map_err(RolloutError::Policy)?;
     let mut out = ChainOutcome::default();
     let mut frames = FrameLog::default();
     let mut imagination = ImaginationLog::default();
+    // Control ticks since the chain's reset: one clock for the whole chain.
+    let mut tick = 0u64;
     for (k, task) in chain.tasks.iter().enumerate() {
         let instruction = validation_sentence(task).unwrap_or(task.as_str());
         policy.reset(task, instruction).map_err(classify)?;
+        actuator.clear_chunk();
         let start_info = env.info()?;
         frames.clear();
         imagination.clear();
         let mut success = false;
         let mut steps = 0;
         while steps < ep_len {
+            let t = tick as f64 / rate;
             if keep_frames {
                 frames.offer(&obs.rgb_static);
             }
-            let action = policy.step(&obs, env).map_err(classify)?;
+            if let Some(chunk) = policy.step(&obs, t, env).map_err(classify)? {
+                if let Some((row, d)) = chunk
+                    .actions
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, a)| a.iter().position(|v| !v.is_finite()).map(|d| (i, d)))
+                {
+                    return Err(RolloutError::Policy(anyhow!(
+                        "chain {index}, subtask {task}, step {steps}: action[{d}] is {} \
+                         (chunk row {row})",
+                        chunk.actions[row][d]
+                    )));
+                }
+                actuator.set_chunk(chunk);
+            }
             if capture.strips {
                 imagination.push_real(&obs.rgb_static);
                 if let Some((imagined, horizon)) = policy.imagined().map_err(classify)? {
                     imagination.push_imagined(steps, &imagined, horizon);
                 }
             }
-            if let Some(d) = action.iter().position(|v| !v.is_finite()) {
-                return Err(RolloutError::Policy(anyhow!(
-                    "chain {index}, subtask {task}, step {steps}: action[{d}] is {}",
-                    action[d]
-                )));
+            actuator.observe(t, &obs.robot_obs);
+            let cmd = actuator.tick(t);
+            let tcp = tcp_from_robot_obs(&obs.robot_obs);
+            let action = sim_action(cmd.as_ref(), &tcp, actuator.safety().gripper().as_calvin());
+            if capture.actions {
+                out.actions.push(action);
             }
-            obs = env.step(&action, policy.relative())?;
+            obs = env.step(&action, true)?;
             steps += 1;
+            tick += 1;
             let completed = env.task_success(&start_info, &[task.as_str()])?;
             stepped.store(true, Ordering::Relaxed);
             if completed.iter().any(|t| t == task) {
@@ -269,6 +328,7 @@ fn rollout(
         }
         out.completed += 1;
     }
+    out.safety_events = actuator.take_events();
     Ok(out)
 }
 
@@ -338,9 +398,11 @@ fn run_job(
             &job.chain,
             job.index,
             opts.ep_len,
+            &opts.safety,
             Capture {
                 failure_frames: opts.save_failures,
                 strips: opts.save_strips,
+                actions: false,
             },
             stepped,
         ) {
@@ -369,6 +431,7 @@ fn run_job(
                     env_error_message: first_error,
                     attempts: attempt,
                     wall_s: t0.elapsed().as_secs_f64(),
+                    safety_events: outcome.safety_events,
                 });
             }
             Err(RolloutError::Env(e)) => {
@@ -404,6 +467,7 @@ fn run_job(
         env_error_message: Some(last_error),
         attempts: ATTEMPTS,
         wall_s: 0.0,
+        safety_events: BTreeMap::new(),
     })
 }
 

@@ -7,8 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::base::image::resize_bilinear;
 use crate::io::RgbImage;
-use crate::policy::closed_loop::resize_bilinear;
 
 /// Side of one tile in the strip (px).
 pub const TILE_PX: usize = 96;

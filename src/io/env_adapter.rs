@@ -190,7 +190,13 @@ pub struct EnvAdapter {
     next_id: u64,
     hello: EnvHello,
     closed: bool,
+    /// Every action sent with [`EnvAdapter::step`], when logging is on.
+    action_log: Option<ActionLog>,
 }
+
+/// The actions a simulator was stepped with, in order (7-D CALVIN actions and
+/// whether each was relative); see [`EnvAdapter::log_actions`].
+pub type ActionLog = Arc<Mutex<Vec<([f64; 7], bool)>>>;
 
 impl std::fmt::Debug for EnvAdapter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -284,6 +290,7 @@ impl EnvAdapter {
                 notes: vec![],
             },
             closed: false,
+            action_log: None,
         };
         let rep = env.request("hello", vec![])?;
         let protocol = field(&rep, "protocol").and_then(Value::as_u64);
@@ -307,6 +314,12 @@ impl EnvAdapter {
         }
         env.timeout = Duration::from_secs_f64(cfg.timeout_s);
         Ok(env)
+    }
+
+    /// From now on, keeps every action this env is stepped with: what
+    /// reached the simulator, whichever path sent it (eval, `vw2 run`, teleop).
+    pub fn log_actions(&mut self) -> ActionLog {
+        self.action_log.get_or_insert_with(Default::default).clone()
     }
 
     /// What the child reported at start.
@@ -444,6 +457,11 @@ impl EnvAdapter {
     /// Applies one 7-D action for one control step (1/30 s). Relative actions
     /// are in CALVIN units (xyz·0.02 m, euler·0.05 rad); the gripper is ±1.
     pub fn step(&mut self, action: &[f64; 7], relative: bool) -> Result<Observation, EnvError> {
+        if let Some(log) = &self.action_log {
+            log.lock()
+                .expect("action log poisoned")
+                .push((*action, relative));
+        }
         let rep = self.request(
             "step",
             vec![

@@ -398,13 +398,7 @@ impl Policy {
     /// `[1, 3, H, W]` in [−1, 1] at the bundle's image size.
     fn frame_tensor(&self, frame: &RgbImage) -> Result<Tensor> {
         let [h, w] = self.bundle.spec.image_size;
-        let resized;
-        let img = if frame.height == h && frame.width == w {
-            frame
-        } else {
-            resized = resize_bilinear(frame, h, w);
-            &resized
-        };
+        let img = crate::base::image::preprocess(frame, [h, w]);
         let t = Tensor::from_slice(&img.data, (1, h, w, 3), &self.device)
             .context("frame tensor")?
             .permute((0, 3, 1, 2))?
@@ -465,39 +459,6 @@ pub fn ensemble(
             out
         })
         .collect()
-}
-
-/// Bilinear resize of an RGB image (half-pixel centres, like
-/// `torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`).
-pub fn resize_bilinear(img: &RgbImage, out_h: usize, out_w: usize) -> RgbImage {
-    let (ih, iw) = (img.height, img.width);
-    let mut data = vec![0u8; out_h * out_w * 3];
-    let sy = ih as f32 / out_h as f32;
-    let sx = iw as f32 / out_w as f32;
-    for y in 0..out_h {
-        let fy = ((y as f32 + 0.5) * sy - 0.5).max(0.0);
-        let y0 = (fy as usize).min(ih - 1);
-        let y1 = (y0 + 1).min(ih - 1);
-        let wy = fy - y0 as f32;
-        for x in 0..out_w {
-            let fx = ((x as f32 + 0.5) * sx - 0.5).max(0.0);
-            let x0 = (fx as usize).min(iw - 1);
-            let x1 = (x0 + 1).min(iw - 1);
-            let wx = fx - x0 as f32;
-            for c in 0..3 {
-                let p = |yy: usize, xx: usize| img.data[(yy * iw + xx) * 3 + c] as f32;
-                let top = p(y0, x0) * (1.0 - wx) + p(y0, x1) * wx;
-                let bot = p(y1, x0) * (1.0 - wx) + p(y1, x1) * wx;
-                data[(y * out_w + x) * 3 + c] =
-                    (top * (1.0 - wy) + bot * wy).round().clamp(0.0, 255.0) as u8;
-            }
-        }
-    }
-    RgbImage {
-        height: out_h,
-        width: out_w,
-        data,
-    }
 }
 
 #[cfg(test)]

@@ -610,6 +610,12 @@ impl Planner for SharedPlanner {
     fn image_size(&self) -> [usize; 2] {
         self.inner.lock().expect("planner poisoned").image_size()
     }
+    fn control_rate_hz(&self) -> f64 {
+        self.inner
+            .lock()
+            .expect("planner poisoned")
+            .control_rate_hz()
+    }
     fn observe(&mut self, frame: &RgbImage, proprio: &[f64], t: f64) -> Result<Option<Plan>> {
         let t0 = std::time::Instant::now();
         let out = self

@@ -242,7 +242,7 @@ struct RunningPipeline {
 /// stock binary passes `None` and joint modes are refused at start. Returns
 /// after Ctrl-C (holding the robot first) or a start-up error.
 pub fn run_node(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<()> {
-    let params = NodeParams::from_args(args)?;
+    let mut params = NodeParams::from_args(args)?;
     let calibration = params.validate()?;
     if params.command_mode.is_joint() && ik.is_none() {
         bail!(
@@ -262,6 +262,15 @@ pub fn run_node(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<()> {
     let dev = Device::Cpu;
     let bundle = LoadedPolicy::load(&params.policy, &dev)
         .with_context(|| format!("parameter `policy`: {}", params.policy.display()))?;
+    // The bundle owns the control rate: the envelope takes it (or must agree).
+    params.safety = params
+        .safety
+        .clone()
+        .with_control_rate(
+            bundle.spec.control_rate_hz,
+            &format!("the policy bundle {}", params.policy.display()),
+        )
+        .map_err(|e| anyhow!("parameter `safety`: {e}"))?;
     let renderer: Option<Arc<Mutex<Box<dyn Renderer>>>> = params.publish_imagined.then(|| {
         Arc::new(Mutex::new(
             Box::new(DecoderRenderer::new(bundle.dldm.clone())) as Box<dyn Renderer>,
@@ -441,7 +450,7 @@ pub fn run_node(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<()> {
                 &m,
                 ros_now,
                 mono,
-                params.safety.control_rate_hz,
+                params.safety.rate_hz(),
             ));
         });
         drain(&mut teleop_gripper_sub, |m: Float64| {
@@ -490,19 +499,15 @@ pub fn run_node(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<()> {
             Action::Start(instruction) => {
                 let stop = Arc::new(AtomicBool::new(false));
                 let out: Box<dyn CommandOutput> = Box::new(SharedOutput(output.clone()));
-                let io = match RosIo::new(
-                    inputs.clone(),
-                    out,
-                    params.safety.control_rate_hz,
-                    stop.clone(),
-                ) {
-                    Ok(io) => io,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot start the policy");
-                        supervisor.on_run_ended(&format!("error: {e}"), false);
-                        continue;
-                    }
-                };
+                let io =
+                    match RosIo::new(inputs.clone(), out, params.safety.rate_hz(), stop.clone()) {
+                        Ok(io) => io,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot start the policy");
+                            supervisor.on_run_ended(&format!("error: {e}"), false);
+                            continue;
+                        }
+                    };
                 let mut cfg = RuntimeConfig::new(params.safety.clone(), &instruction);
                 cfg.frame_timeout_s = params.frame_timeout_s;
                 cfg.teleop = teleop_link(&params, &operator_inbox);

@@ -328,8 +328,9 @@ pub struct NodeParams {
     #[serde(default = "default_teleop_release_s")]
     pub teleop_release_s: f64,
     /// The safety envelope (every [`SafetyConfig`] field, same units). Required:
-    /// there is no default envelope for a real robot. `control_rate_hz` is the
-    /// node's command rate.
+    /// there is no default envelope for a real robot. `control_rate_hz` may be
+    /// left out: the node commands at the policy bundle's rate, and a value
+    /// given here that differs from it is refused at start.
     pub safety: SafetyConfig,
     /// Standard ROS parameter (stamps and the ROS clock follow `/clock`).
     #[serde(default)]

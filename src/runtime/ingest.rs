@@ -1,67 +1,41 @@
-//! Frame ingest: colour conversion to RGB and resizing to the policy's input
-//! size with OpenCV (bilinear, as the official preprocessing).
+//! Frame ingest: a camera frame (rgb8, bgr8 or mono8, rows possibly padded)
+//! to RGB, then the one model-input preprocessing
+//! ([`crate::base::image::preprocess`]) that training used.
 
-use anyhow::{Context, Result};
-use opencv::core::{Mat, Size};
-use opencv::prelude::*;
+use anyhow::Result;
 
 use crate::io::robot::{Encoding, RawFrame};
 use crate::io::RgbImage;
 
-/// Converts `frame` (rgb8, bgr8 or mono8) to RGB at `height × width` px.
+/// Converts `frame` (rgb8, bgr8 or mono8) to RGB at `height × width` px: the
+/// colour conversion, then [`crate::base::image::preprocess`].
 pub fn to_rgb_resized(frame: &RawFrame, height: usize, width: usize) -> Result<RgbImage> {
+    let rgb = to_rgb(frame)?;
+    Ok(crate::base::image::preprocess(&rgb, [height, width]).into_owned())
+}
+
+/// `frame` as a packed RGB image at its own size (row padding dropped).
+pub fn to_rgb(frame: &RawFrame) -> Result<RgbImage> {
     frame.validate()?;
     let ch = frame.encoding.channels();
-    let typ = if ch == 3 {
-        opencv::core::CV_8UC3
-    } else {
-        opencv::core::CV_8UC1
-    };
-    // Copy row by row so any row padding (`step`) is dropped.
-    let mut packed = Vec::with_capacity(frame.height * frame.width * ch);
-    for row in frame.data.chunks(frame.step) {
-        packed.extend_from_slice(&row[..frame.width * ch]);
+    let mut data = Vec::with_capacity(frame.height * frame.width * 3);
+    for row in frame.data.chunks(frame.step).take(frame.height) {
+        let row = &row[..frame.width * ch];
+        match frame.encoding {
+            Encoding::Rgb8 => data.extend_from_slice(row),
+            Encoding::Bgr8 => {
+                for px in row.chunks_exact(3) {
+                    data.extend_from_slice(&[px[2], px[1], px[0]]);
+                }
+            }
+            Encoding::Mono8 => {
+                for &v in row {
+                    data.extend_from_slice(&[v, v, v]);
+                }
+            }
+        }
     }
-    let src =
-        Mat::new_rows_cols_with_data(frame.height as i32, frame.width as i32 * ch as i32, &packed)
-            .context("wrapping the frame")?
-            .reshape(ch as i32, frame.height as i32)
-            .context("reshaping the frame")?
-            .try_clone()?;
-    debug_assert_eq!(src.typ(), typ);
-    let rgb = match frame.encoding {
-        Encoding::Rgb8 => src,
-        Encoding::Bgr8 => {
-            let mut dst = Mat::default();
-            opencv::imgproc::cvt_color_def(&src, &mut dst, opencv::imgproc::COLOR_BGR2RGB)?;
-            dst
-        }
-        Encoding::Mono8 => {
-            let mut dst = Mat::default();
-            opencv::imgproc::cvt_color_def(&src, &mut dst, opencv::imgproc::COLOR_GRAY2RGB)?;
-            dst
-        }
-    };
-    let out = if frame.height == height && frame.width == width {
-        rgb
-    } else {
-        let mut dst = Mat::default();
-        opencv::imgproc::resize(
-            &rgb,
-            &mut dst,
-            Size::new(width as i32, height as i32),
-            0.0,
-            0.0,
-            opencv::imgproc::INTER_LINEAR,
-        )?;
-        dst
-    };
-    let data = out.data_bytes()?.to_vec();
-    Ok(RgbImage {
-        height,
-        width,
-        data,
-    })
+    RgbImage::new(frame.height, frame.width, data)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! Every stage has a lifecycle (start, process, stop), and every message
 //! carries the capture time of the frame it derives from.
 
+pub mod actuate;
 pub mod cli;
 /// The process clock lives in [`crate::base::clock`]; re-exported for the stages.
 pub use crate::base::clock;

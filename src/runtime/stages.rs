@@ -10,18 +10,17 @@ use candle_core::{DType, Device, Tensor};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use serde::Serialize;
 
+use super::actuate::{Actuator, Chunk};
 use super::ingest::to_rgb_resized;
 use super::metrics::{Histogram, Summary};
 use crate::base::clock::{instant_at, now_s, seconds_at, sleep_until};
-use crate::io::robot::{tcp_from_robot_obs, CommandSink, ObservationSource, RobotIo};
+use crate::io::robot::{CommandSink, ObservationSource, RobotIo};
 use crate::io::RgbImage;
 use crate::model::dldm::Dldm;
 use crate::model::head::ACTION_DIM;
 use crate::policy::{Plan, Policy};
-use crate::safety::{
-    ActionRequest, CommandKind, GripperState, SafeCommand, SafetyConfig, SafetyLayer,
-};
-use crate::teleop::arbiter::{Arbiter, Control, Decision, Switch, TakeoverConfig};
+use crate::safety::{CommandKind, GripperState, SafetyConfig};
+use crate::teleop::arbiter::{Control, TakeoverConfig};
 use crate::teleop::operator::OperatorFeed;
 
 /// Something that turns frames into plans (the closed-loop policy, or a
@@ -31,6 +30,8 @@ pub trait Planner: Send {
     fn reset(&mut self, instruction: &str) -> Result<()>;
     /// Model input size `[h, w]` (px).
     fn image_size(&self) -> [usize; 2];
+    /// The control rate the policy was trained at (Hz): the run's rate.
+    fn control_rate_hz(&self) -> f64;
     /// One frame (RGB at `image_size`), proprio and its capture time (s).
     fn observe(&mut self, frame: &RgbImage, proprio: &[f64], t: f64) -> Result<Option<Plan>>;
 }
@@ -41,6 +42,9 @@ impl Planner for Policy {
     }
     fn image_size(&self) -> [usize; 2] {
         self.bundle().spec.image_size
+    }
+    fn control_rate_hz(&self) -> f64 {
+        self.bundle().spec.control_rate_hz
     }
     fn observe(&mut self, frame: &RgbImage, proprio: &[f64], t: f64) -> Result<Option<Plan>> {
         Policy::observe(self, frame, proprio, t)
@@ -54,6 +58,8 @@ pub struct NullPlanner {
     pub image_size: [usize; 2],
     /// Control steps per plan.
     pub steps_per_latent: usize,
+    /// Control rate (Hz); 30 Hz unless set.
+    pub control_rate_hz: f64,
     step: usize,
 }
 
@@ -63,6 +69,7 @@ impl NullPlanner {
         Self {
             image_size,
             steps_per_latent,
+            control_rate_hz: 30.0,
             step: 0,
         }
     }
@@ -75,6 +82,9 @@ impl Planner for NullPlanner {
     }
     fn image_size(&self) -> [usize; 2] {
         self.image_size
+    }
+    fn control_rate_hz(&self) -> f64 {
+        self.control_rate_hz
     }
     fn observe(&mut self, _frame: &RgbImage, _proprio: &[f64], t: f64) -> Result<Option<Plan>> {
         let n = self.step;
@@ -398,18 +408,23 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<RunReport> {
     let lockstep = io.lockstep();
-    let rate = io.control_rate_hz();
+    // The policy bundle owns the control rate: a robot or simulator at
+    // another rate is refused before anything moves.
+    let rate = planner.control_rate_hz();
+    let io_rate = io.control_rate_hz();
+    anyhow::ensure!(
+        (io_rate - rate).abs() < 1e-9,
+        "control rate: the policy was trained at {rate} Hz but the robot io runs at {io_rate} Hz; \
+         run the robot (or simulator) at the policy's rate"
+    );
     let initial_tcp = io.initial_tcp();
     let (source, sink) = io.split();
-    let mut safety =
-        SafetyLayer::new(cfg.safety.clone()).map_err(|e| anyhow!("safety config: {e}"))?;
-    safety
-        .reset(
-            initial_tcp,
-            GripperState::Open,
-            if lockstep { 0.0 } else { now_s() },
-        )
-        .map_err(|e| anyhow!("safety reset: {e}"))?;
+    let mut actuator = Actuator::new(cfg.safety.clone(), rate, cfg.teleop.as_ref())?;
+    actuator.reset(
+        if lockstep { 0.0 } else { now_s() },
+        initial_tcp,
+        GripperState::Open,
+    )?;
     planner.reset(&cfg.instruction)?;
     let size = planner.image_size();
 
@@ -540,18 +555,12 @@ pub fn run(
 
         // --- actuate (this thread)
         let mut act = Actuate {
-            safety: &mut safety,
+            actuator,
             sink,
-            plan: None,
-            rate,
             report: RunReport::default(),
             latency: Histogram::default(),
             jitter: Histogram::default(),
             pending_latency: None,
-            teleop: cfg.teleop.as_ref().map(|t| {
-                let stale = cfg.safety.stale_timeout_s;
-                (Arbiter::new(t.control, t.takeover, stale), t.feed.clone())
-            }),
         };
         let ended_by = if lockstep {
             act.run_lockstep(&plan_rx, &cfg, &stop)
@@ -566,6 +575,8 @@ pub fn run(
         let mut report = std::mem::take(&mut act.report);
         report.obs_to_command = act.latency.summary();
         report.actuate_jitter = act.jitter.summary();
+        report.teleop = act.actuator.teleop_stats().cloned();
+        report.safety_events = act.actuator.take_events();
         drop(act);
         drop(plan_rx);
         report.frames = ingest
@@ -585,11 +596,6 @@ pub fn run(
             report.imagined = imagined.into_iter().collect();
         }
         report.dropped_monitor_frames = monitor.dropped.load(Ordering::Relaxed);
-        for e in safety.drain_events() {
-            let name = format!("{:?}", e.kind);
-            let name = name.split([' ', '{', '(']).next().unwrap_or("").to_string();
-            *report.safety_events.entry(name).or_default() += 1;
-        }
         report.ended_by = ended_by?;
         if let Some(e) = failed.lock().expect("poisoned").take() {
             return Err(e);
@@ -778,83 +784,29 @@ impl PhaseAligner {
     }
 }
 
-/// Actuate stage state.
-struct Actuate<'a> {
-    safety: &'a mut SafetyLayer,
+/// Actuate stage state: the [`Actuator`] and the robot's command sink.
+struct Actuate {
+    actuator: Actuator,
     sink: Box<dyn CommandSink>,
-    plan: Option<Arc<Plan>>,
-    rate: f64,
     report: RunReport,
     latency: Histogram,
     jitter: Histogram,
     /// Wall time of the frame behind the newest plan, until a command uses it.
     pending_latency: Option<Instant>,
-    /// Teleop: the arbiter and the operator's feed.
-    teleop: Option<(Arbiter, Arc<dyn OperatorFeed>)>,
 }
 
-impl Actuate<'_> {
+impl Actuate {
     fn absorb(&mut self, upd: PlanUpdate) {
-        self.safety.on_frame(upd.t);
-        self.safety
-            .on_proprio(upd.t, tcp_from_robot_obs(&upd.robot_obs));
+        self.actuator.observe(upd.t, &upd.robot_obs);
         if let Some(p) = upd.plan {
-            self.plan = Some(p);
+            self.actuator.set_chunk(Chunk::of_plan(&p));
             self.pending_latency = Some(upd.wall);
-        }
-    }
-
-    /// The action for control time `t` from the current chunk (hold when it ran out).
-    fn request(&self, t: f64) -> Option<ActionRequest> {
-        let plan = self.plan.as_ref()?;
-        let idx = ((t - plan.t) * self.rate + 1e-6).floor().max(0.0) as usize;
-        let a = match plan.actions.get(idx) {
-            Some(a) => a.map(f64::from),
-            None => {
-                let mut hold = [0.0; 7];
-                hold[6] = plan.actions.last().map_or(1.0, |a| f64::from(a[6]));
-                hold
-            }
-        };
-        Some(ActionRequest::from_calvin_relative(plan.t, a, 0.02, 0.05))
-    }
-
-    /// The safety layer's answer for this tick: the policy's request, or the
-    /// arbiter's choice when an operator is in the loop.
-    fn arbitrate(&mut self, now: f64) -> Option<SafeCommand> {
-        let req = self.request(now);
-        let Some((arbiter, feed)) = &mut self.teleop else {
-            return self.safety.process(now, req.as_ref());
-        };
-        let gripper = self.safety.gripper();
-        let (decision, switch) = arbiter.tick(now, feed.poll(now), gripper);
-        let stats = self.report.teleop.get_or_insert_with(Default::default);
-        match switch {
-            Some(Switch::TakeOver) => stats.interventions += 1,
-            Some(Switch::HandBack) => stats.hand_backs += 1,
-            None => {}
-        }
-        match decision {
-            Decision::Policy => {
-                stats.policy_ticks += 1;
-                self.safety.process(now, req.as_ref())
-            }
-            Decision::Operator(c) => {
-                stats.operator_ticks += 1;
-                let a = c.calvin_action(gripper.as_calvin());
-                let op = ActionRequest::from_calvin_relative(c.t, a, 0.02, 0.05);
-                self.safety.process(now, Some(&op))
-            }
-            Decision::Hold(cause) => {
-                stats.held_ticks += 1;
-                self.safety.process_hold(now, cause.event_kind())
-            }
         }
     }
 
     fn tick(&mut self, now: f64) -> Result<bool> {
         self.report.ticks += 1;
-        match self.arbitrate(now) {
+        match self.actuator.tick(now) {
             Some(cmd) => {
                 self.sink.send(&cmd)?;
                 if let Some(w) = self.pending_latency.take() {
@@ -902,7 +854,7 @@ impl Actuate<'_> {
         stop: &AtomicBool,
         last_frame_t: &AtomicU64,
     ) -> Result<String> {
-        let period = 1.0 / self.rate;
+        let period = 1.0 / self.actuator.rate_hz();
         let _thread = ActuateThread::enter(cfg.actuate_rt_priority);
         let phase = PhaseAligner::new(period, cfg.phase_lead_s);
         let mut start = now_s();
@@ -925,7 +877,7 @@ impl Actuate<'_> {
                     Ok(upd) => {
                         if upd.plan.is_some() {
                             // Before the first plan the arm only holds: align at once.
-                            let first = self.plan.is_none();
+                            let first = !self.actuator.has_chunk();
                             start += phase.delay(deadline, seconds_at(upd.ready), first);
                         }
                         self.absorb(upd)
@@ -939,13 +891,14 @@ impl Actuate<'_> {
             }
             let f = f64::from_bits(last_frame_t.load(Ordering::Acquire));
             if f.is_finite() {
-                self.safety.on_frame(f);
+                self.actuator.on_frame(f);
             }
             // A quiet safety layer sends nothing. Before the first plan (a cold
             // model) the loop keeps ticking so the plan can move the arm; once the
             // camera is gone or stale (no frame for longer than the watchdog
             // timeout) the holds have been sent and the run ends.
-            let camera_stale = f.is_finite() && now - f > self.safety.config().stale_timeout_s;
+            let camera_stale =
+                f.is_finite() && now - f > self.actuator.safety().config().stale_timeout_s;
             if !self.tick(now)? && (source_ended || camera_stale) {
                 return Ok("safety silent".into());
             }
@@ -954,19 +907,12 @@ impl Actuate<'_> {
 
     /// Sends hold commands until the safety layer goes quiet (e-stop path).
     fn halt(&mut self) {
-        self.safety.estop();
-        let now = now_s();
-        for _ in 0..self.safety.config().hold_repeats {
-            match self.safety.process(now, None) {
-                Some(cmd) => {
-                    if self.sink.send(&cmd).is_err() {
-                        break;
-                    }
-                    self.report.holds += 1;
-                    self.report.commands += 1;
-                }
-                None => break,
+        for cmd in self.actuator.halt(now_s()) {
+            if self.sink.send(&cmd).is_err() {
+                break;
             }
+            self.report.holds += 1;
+            self.report.commands += 1;
         }
     }
 }

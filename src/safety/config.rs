@@ -46,7 +46,7 @@ pub enum RelativeBase {
 /// gripper_debounce_s: 0.5              # s between two gripper flips
 /// stale_timeout_s: 0.25                # s without a camera frame before holding
 /// hold_repeats: 3                      # hold commands sent before going quiet
-/// control_rate_hz: 30.0                # Hz; process() must be called at this rate
+/// control_rate_hz: 30.0                # Hz; optional: the policy bundle's rate (must agree when given)
 /// relative_base: last_target           # or `measured`
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,10 +82,13 @@ pub struct SafetyConfig {
     /// e-stop, non-finite value) appears, before going quiet (≥ 1); default 3.
     #[serde(default = "default_hold_repeats")]
     pub hold_repeats: u32,
-    /// Control rate (Hz), > 0; default 30 Hz. `process` must be called at this
-    /// rate: per-tick limits use `dt = 1 / control_rate_hz` (s).
-    #[serde(default = "default_control_rate_hz")]
-    pub control_rate_hz: f64,
+    /// Control rate (Hz), > 0. `process` must be called at this rate: per-tick
+    /// limits use `dt = 1 / control_rate_hz` (s). The policy bundle owns the
+    /// rate: leave it out and the runtime sets it from the bundle
+    /// ([`SafetyConfig::with_control_rate`]); a value given here must agree
+    /// with the bundle's or the run is refused at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_rate_hz: Option<f64>,
     /// What relative deltas are added to; default [`RelativeBase::LastTarget`].
     #[serde(default)]
     pub relative_base: RelativeBase,
@@ -99,9 +102,8 @@ fn default_hold_repeats() -> u32 {
     3
 }
 
-fn default_control_rate_hz() -> f64 {
-    30.0
-}
+/// CALVIN's control rate (Hz): PyBullet at 240 Hz, an action every 8 substeps.
+pub const CALVIN_RATE_HZ: f64 = 30.0;
 
 const AXES: [&str; 3] = ["x", "y", "z"];
 const ANGLES: [&str; 3] = ["roll", "pitch", "yaw"];
@@ -162,14 +164,22 @@ fn check_box(
 impl SafetyConfig {
     /// Generous limits for the CALVIN simulator (Franka Panda in PyBullet).
     ///
+    /// CALVIN evaluation runs through this envelope, so it must not clip any
+    /// valid CALVIN action (every component in [−1, 1], gripper ±1): the
+    /// official protocol's numbers stay those of the policy.
+    ///
     /// CALVIN reports the TCP in its world frame, which plays the role of the
     /// base frame here; its workspace is well inside
-    /// x, y ∈ [−0.6, 0.6] m, z ∈ [0.2, 1.0] m. Roll sits near ±π (gripper
-    /// down) and yaw turns freely, so both are left free (only wrapped);
-    /// pitch ∈ [−1.2, 1.2] rad. Speeds allow one full CALVIN step per tick
-    /// (1.0 × 0.02 m and 1.0 × 0.05 rad at 30 Hz = 0.6 m/s and 1.5 rad/s),
-    /// with margin: 1.0 m/s, 2.0 rad/s, 30 m/s², 90 rad/s² (a full step from
-    /// rest in one tick). Gripper debounce 0.1 s, watchdog 0.25 s, 3 holds, 30 Hz.
+    /// x, y ∈ [−0.6, 0.6] m, z ∈ [0.2, 1.0] m (PlayTable's desk top is at
+    /// z = 0.44 m). Roll sits near ±π (gripper down) and yaw turns freely, so
+    /// both are left free (only wrapped); pitch ∈ [−1.2, 1.2] rad. A relative
+    /// action is added to the measured pose, but the layer steps from its
+    /// last target, which the simulated arm lags by its tracking error; the
+    /// limits let one tick cover a full CALVIN step (0.02 m, 0.05 rad) plus
+    /// 0.08 m / 0.15 rad of tracking error, and reverse it at once: 3 m/s,
+    /// 6 rad/s, 300 m/s², 600 rad/s². No gripper debounce (a CALVIN policy
+    /// may flip it on any step), watchdog 0.25 s, 3 holds, at CALVIN's 30 Hz
+    /// (a bundle trained at another rate is refused with it).
     ///
     /// Relative requests are added to the **measured** pose, as PlayTable (and
     /// calvin_env) apply a relative action: an action inside the envelope then
@@ -183,14 +193,14 @@ impl SafetyConfig {
             workspace_max: [0.6, 0.6, 1.0],
             euler_min: [-PI, -1.2, -PI],
             euler_max: [PI, 1.2, PI],
-            max_linear_speed: 1.0,
-            max_angular_speed: 2.0,
-            max_linear_accel: 30.0,
-            max_angular_accel: 90.0,
-            gripper_debounce_s: 0.1,
+            max_linear_speed: 3.0,
+            max_angular_speed: 6.0,
+            max_linear_accel: 300.0,
+            max_angular_accel: 600.0,
+            gripper_debounce_s: 0.0,
             stale_timeout_s: default_stale_timeout_s(),
             hold_repeats: default_hold_repeats(),
-            control_rate_hz: default_control_rate_hz(),
+            control_rate_hz: Some(CALVIN_RATE_HZ),
             relative_base: RelativeBase::Measured,
         }
     }
@@ -212,9 +222,33 @@ impl SafetyConfig {
         Self::from_yaml_str(&text)
     }
 
-    /// Control period `dt = 1 / control_rate_hz` (s).
+    /// The envelope at the control rate `hz` (Hz) of `owner` (the policy
+    /// bundle, which owns it): the rate is filled in when the config leaves it
+    /// out, and a config that states another rate is refused, naming both.
+    pub fn with_control_rate(mut self, hz: f64, owner: &str) -> Result<Self, SafetyError> {
+        match self.control_rate_hz {
+            Some(own) if (own - hz).abs() > 1e-9 => Err(invalid(
+                "control_rate_hz",
+                format!(
+                    "{hz} Hz, the control rate of {owner}, or no value (then {owner}'s is used)"
+                ),
+                format!("{own} Hz"),
+            )),
+            _ => {
+                self.control_rate_hz = Some(hz);
+                Ok(self)
+            }
+        }
+    }
+
+    /// The control rate (Hz); NaN while unset (see [`SafetyConfig::with_control_rate`]).
+    pub fn rate_hz(&self) -> f64 {
+        self.control_rate_hz.unwrap_or(f64::NAN)
+    }
+
+    /// Control period `dt = 1 / control_rate_hz` (s); NaN while the rate is unset.
     pub fn dt(&self) -> f64 {
-        1.0 / self.control_rate_hz
+        1.0 / self.rate_hz()
     }
 
     /// Checks every field; the error names the field, what was expected and
@@ -253,7 +287,9 @@ impl SafetyConfig {
         if self.hold_repeats == 0 {
             return Err(invalid("hold_repeats", "at least 1", self.hold_repeats));
         }
-        check_positive("control_rate_hz", "Hz", self.control_rate_hz)?;
+        if let Some(hz) = self.control_rate_hz {
+            check_positive("control_rate_hz", "Hz", hz)?;
+        }
         Ok(())
     }
 }

@@ -77,9 +77,17 @@ pub struct SafetyLayer {
 
 impl SafetyLayer {
     /// Validates `cfg` and builds an uninitialized layer: call
-    /// [`reset`](Self::reset) before the first tick.
+    /// [`reset`](Self::reset) before the first tick. The config must carry its
+    /// control rate (set from the policy bundle by [`SafetyConfig::with_control_rate`]).
     pub fn new(cfg: SafetyConfig) -> Result<Self, SafetyError> {
         cfg.validate()?;
+        if cfg.control_rate_hz.is_none() {
+            return Err(SafetyError::InvalidConfig {
+                field: "control_rate_hz".into(),
+                expected: "a control rate (Hz): the policy bundle's, set with SafetyConfig::with_control_rate".into(),
+                found: "none".into(),
+            });
+        }
         let lin = |i: usize| {
             AxisLimits::new(
                 cfg.workspace_min[i],

@@ -6,7 +6,7 @@
 //! The layer is a small state machine in the style of copper-rs tasks: inputs
 //! arrive as timestamped messages ([`SafetyLayer::on_frame`],
 //! [`SafetyLayer::on_proprio`]), and [`SafetyLayer::process`] is called once
-//! per control tick (at [`SafetyConfig::control_rate_hz`]) with the policy's
+//! per control tick (at [`SafetyConfig::control_rate_hz`], the policy bundle's rate) with the policy's
 //! latest [`ActionRequest`], returning at most one [`SafeCommand`]. Every
 //! message carries its time of validity in [`Seconds`] on one monotonic clock.
 //!
@@ -63,7 +63,7 @@ mod types;
 
 use std::path::PathBuf;
 
-pub use config::{RelativeBase, SafetyConfig};
+pub use config::{RelativeBase, SafetyConfig, CALVIN_RATE_HZ};
 pub use layer::SafetyLayer;
 pub use types::{
     ActionKind, ActionRequest, CommandKind, GripperState, InputKind, SafeCommand, SafetyEvent,

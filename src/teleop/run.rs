@@ -151,13 +151,11 @@ pub fn run_teleop(o: &TeleopOptions) -> Result<RunSummary> {
     o.takeover.validate()?;
     let mut env = EnvAdapter::spawn(&o.env)?;
     let rate = env.hello().control_hz;
-    anyhow::ensure!(
-        (rate - o.safety.control_rate_hz).abs() < 1e-9,
-        "the simulator '{}' runs at {rate} Hz but the safety envelope at {} Hz (control_rate_hz); \
-         they must agree",
-        o.env.backend,
-        o.safety.control_rate_hz
-    );
+    let safety = o
+        .safety
+        .clone()
+        .with_control_rate(rate, &format!("the simulator '{}'", o.env.backend))
+        .map_err(|e| anyhow::anyhow!("safety envelope: {e}"))?;
     let mut policy = o.policy.instantiate()?;
     let mut operator: Box<dyn Operator> = match o.input {
         OperatorInput::Scripted => Box::new(ScriptedOperator::new(o.operator.clone(), rate)?),
@@ -201,7 +199,7 @@ pub fn run_teleop(o: &TeleopOptions) -> Result<RunSummary> {
                 mode: o.mode,
                 control,
                 takeover: o.takeover,
-                safety: o.safety.clone(),
+                safety: safety.clone(),
                 ep_len: o.ep_len,
                 realtime: o.input.is_person(),
             };

@@ -20,6 +20,7 @@ use crate::eval::sentences::validation_sentence;
 use crate::io::env_adapter::EnvAdapter;
 use crate::io::robot::tcp_from_robot_obs;
 use crate::io::Observation;
+use crate::runtime::actuate::event_name;
 use crate::safety::{
     ActionRequest, CommandKind, GripperState, SafeCommand, SafetyConfig, SafetyEvent, SafetyLayer,
     TcpPose,
@@ -303,15 +304,9 @@ impl Pipeline {
                 self.safety.process_hold(t, cause.event_kind()),
             ),
         };
-        let executed = match &command {
-            Some(c) => c.relative_action(&tcp, REL_XYZ_M, REL_EULER_RAD),
-            // The layer is quiet: the simulated arm gets no motion.
-            None => {
-                let mut a = [0.0; 7];
-                a[6] = gripper.as_calvin();
-                a
-            }
-        };
+        // A quiet layer: the simulated arm gets no motion.
+        let executed =
+            crate::runtime::actuate::sim_action(command.as_ref(), &tcp, gripper.as_calvin());
         TickOutcome {
             issuer,
             hold_cause,
@@ -359,11 +354,6 @@ fn pose6(p: &TcpPose) -> [f64; 6] {
         *o = p.axis(i);
     }
     out
-}
-
-fn event_name(e: &SafetyEvent) -> String {
-    let name = format!("{:?}", e.kind);
-    name.split([' ', '{', '(']).next().unwrap_or("").to_string()
 }
 
 fn switch_name(s: Switch) -> String {
@@ -495,6 +485,8 @@ pub fn run_chain(
             o.reset(task, instruction)?;
         }
         pipe.begin_subtask();
+        // The policy's newest chunk, played by control time as the runtime plays it.
+        let mut chunk: Option<crate::runtime::actuate::Chunk> = None;
         let start_info = env.info()?;
         let mut positions = vec![];
         let mut counts = [0usize; 3];
@@ -516,10 +508,12 @@ pub fn run_chain(
             }
             let tcp = tcp_from_robot_obs(&obs.robot_obs);
             positions.push([tcp.axis(0), tcp.axis(1), tcp.axis(2)]);
-            let policy_action = match policy.as_deref_mut().filter(|_| needs_policy) {
-                Some(p) => Some(p.step(&obs, env)?),
-                None => None,
-            };
+            if let Some(p) = policy.as_deref_mut().filter(|_| needs_policy) {
+                if let Some(c) = p.step(&obs, t, env)? {
+                    chunk = Some(c);
+                }
+            }
+            let policy_action = chunk.as_ref().and_then(|c| c.action_at(t, 1.0 / dt));
             let ctx = OperatorContext {
                 mode: cfg.mode,
                 driver: pipe.driver(),

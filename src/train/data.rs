@@ -30,7 +30,6 @@ use crate::data::npz::NpzReader;
 use crate::data::{CalvinDataset, Image};
 use crate::model::dldm::Dldm;
 use crate::model::head::{pool_features, VisualPool};
-use crate::policy::closed_loop::resize_bilinear;
 
 /// Reads static-camera frames of a split, resized to the model's image size,
 /// with an optional in-memory cache. Only `rgb_static` is ever decoded.
@@ -75,12 +74,8 @@ impl StaticFrames {
             return Ok(f.clone());
         }
         let img = self.read_raw(idx)?;
-        let [h, w] = self.size;
-        let data = if img.height == h && img.width == w {
-            img.data
-        } else {
-            resize_bilinear(&img, h, w).data
-        };
+        let size = self.size;
+        let data = crate::base::image::preprocess(&img, size).into_owned().data;
         let data = Arc::new(data);
         let mut cache = self.cache.lock().expect("frame cache");
         if cache.len() < self.cache_capacity {

@@ -1,0 +1,294 @@
+//! The one path from a policy's plans to the robot: [`Actuator`] plays the
+//! newest action chunk at the control rate, lets an operator share control
+//! (teleop), and sends every request through the [`SafetyLayer`]. The real-time
+//! runtime ([`super::run`], `vw2 run`, the ROS node), CALVIN evaluation
+//! (`vw2 eval calvin`, `vw2 demo`) and the teleop comparison all tick it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Result};
+
+use super::stages::{TeleopLink, TeleopStats};
+use crate::data::record::{REL_EULER_RAD, REL_XYZ_M};
+use crate::model::head::ACTION_DIM;
+use crate::policy::Plan;
+use crate::safety::{
+    ActionRequest, GripperState, SafeCommand, SafetyConfig, SafetyEvent, SafetyLayer, TcpPose,
+};
+use crate::teleop::arbiter::{Arbiter, Decision, Switch};
+use crate::teleop::operator::OperatorFeed;
+
+/// An action chunk and its time of validity: what a policy hands the actuator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    /// Capture time of the observation the chunk was planned from (s); row `i`
+    /// plays at control time `t + i / rate`.
+    pub t: f64,
+    /// Rows of 7-D CALVIN actions (relative: units of 0.02 m / 0.05 rad,
+    /// absolute: TCP pose in m and rad), gripper ±1.
+    pub actions: Vec<[f64; ACTION_DIM]>,
+    /// Whether the rows are relative actions.
+    pub relative: bool,
+}
+
+impl Chunk {
+    /// The chunk of a plan.
+    pub fn of_plan(plan: &Plan) -> Self {
+        Self {
+            t: plan.t,
+            actions: plan.actions.iter().map(|a| a.map(f64::from)).collect(),
+            relative: plan.relative,
+        }
+    }
+
+    /// A one-row chunk valid at `t` (s) (baselines that act every step).
+    pub fn single(t: f64, action: [f64; 7], relative: bool) -> Self {
+        Self {
+            t,
+            actions: vec![action],
+            relative,
+        }
+    }
+
+    /// The row that plays at control time `now` (s) at `rate_hz`; past the
+    /// end, "no motion" with the last gripper command (relative) or the last
+    /// pose (absolute). `None` for an empty chunk.
+    pub fn action_at(&self, now: f64, rate_hz: f64) -> Option<[f64; 7]> {
+        let last = self.actions.last()?;
+        let idx = ((now - self.t) * rate_hz + 1e-6).floor().max(0.0) as usize;
+        Some(match self.actions.get(idx) {
+            Some(a) => *a,
+            None if self.relative => {
+                let mut hold = [0.0; 7];
+                hold[6] = last[6];
+                hold
+            }
+            None => *last,
+        })
+    }
+
+    /// The safety layer's request for control time `now` (s).
+    pub fn request_at(&self, now: f64, rate_hz: f64) -> Option<ActionRequest> {
+        let a = self.action_at(now, rate_hz)?;
+        Some(if self.relative {
+            ActionRequest::from_calvin_relative(self.t, a, REL_XYZ_M, REL_EULER_RAD)
+        } else {
+            let pose = TcpPose::new([a[0], a[1], a[2]], [a[3], a[4], a[5]]);
+            ActionRequest::absolute(self.t, pose, a[6])
+        })
+    }
+}
+
+/// The CALVIN relative action a simulator is stepped with for the safety
+/// layer's command `cmd`, from the measured pose `tcp`; when the layer is
+/// quiet, no motion with the `gripper` command (±1) it holds.
+pub fn sim_action(cmd: Option<&SafeCommand>, tcp: &TcpPose, gripper: f64) -> [f64; 7] {
+    match cmd {
+        Some(c) => c.relative_action(tcp, REL_XYZ_M, REL_EULER_RAD),
+        None => {
+            let mut a = [0.0; 7];
+            a[6] = gripper;
+            a
+        }
+    }
+}
+
+/// A safety event's kind without its fields (`ClampedPosition`, `StaleInput`, …):
+/// the key under which runs count events.
+pub fn event_name(e: &SafetyEvent) -> String {
+    let name = format!("{:?}", e.kind);
+    name.split([' ', '{', '(']).next().unwrap_or("").to_string()
+}
+
+/// Chunk playing + teleop arbitration + safety layer, one tick at a time.
+pub struct Actuator {
+    safety: SafetyLayer,
+    rate: f64,
+    chunk: Option<Chunk>,
+    teleop: Option<(Arbiter, Arc<dyn OperatorFeed>)>,
+    teleop_stats: Option<TeleopStats>,
+    events: BTreeMap<String, u64>,
+}
+
+impl std::fmt::Debug for Actuator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Actuator")
+            .field("rate", &self.rate)
+            .field("chunk", &self.chunk)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Actuator {
+    /// An actuator at the policy bundle's control rate `rate_hz` (Hz) under the
+    /// `safety` envelope (its rate is filled from `rate_hz`, or must agree).
+    pub fn new(safety: SafetyConfig, rate_hz: f64, teleop: Option<&TeleopLink>) -> Result<Self> {
+        let safety = safety
+            .with_control_rate(rate_hz, "the policy")
+            .map_err(|e| anyhow!("safety config: {e}"))?;
+        let stale = safety.stale_timeout_s;
+        let safety = SafetyLayer::new(safety).map_err(|e| anyhow!("safety config: {e}"))?;
+        Ok(Self {
+            safety,
+            rate: rate_hz,
+            chunk: None,
+            teleop: teleop.map(|t| (Arbiter::new(t.control, t.takeover, stale), t.feed.clone())),
+            teleop_stats: None,
+            events: BTreeMap::new(),
+        })
+    }
+
+    /// A new episode from the measured pose and gripper at time `t` (s): the
+    /// layer is re-initialized and the chunk dropped.
+    pub fn reset(&mut self, t: f64, tcp: TcpPose, gripper: GripperState) -> Result<()> {
+        self.collect_events();
+        self.safety
+            .reset(tcp, gripper, t)
+            .map_err(|e| anyhow!("safety reset: {e}"))?;
+        self.chunk = None;
+        if let Some((arbiter, _)) = &mut self.teleop {
+            arbiter.reset();
+        }
+        Ok(())
+    }
+
+    /// Forgets the chunk (a new instruction): the arm holds until the next plan.
+    pub fn clear_chunk(&mut self) {
+        self.chunk = None;
+    }
+
+    /// An observation captured at `t` (s): camera liveness and the measured pose.
+    pub fn observe(&mut self, t: f64, robot_obs: &[f64]) {
+        self.safety.on_frame(t);
+        self.safety
+            .on_proprio(t, crate::io::robot::tcp_from_robot_obs(robot_obs));
+    }
+
+    /// Camera liveness only: a frame was captured at `t` (s).
+    pub fn on_frame(&mut self, t: f64) {
+        self.safety.on_frame(t);
+    }
+
+    /// A newer plan arrived: its chunk replaces the current one.
+    pub fn set_chunk(&mut self, chunk: Chunk) {
+        self.chunk = Some(chunk);
+    }
+
+    /// Whether a chunk has arrived since the last reset.
+    pub fn has_chunk(&self) -> bool {
+        self.chunk.is_some()
+    }
+
+    /// The control rate (Hz).
+    pub fn rate_hz(&self) -> f64 {
+        self.rate
+    }
+
+    /// The safety layer (its config and state).
+    pub fn safety(&self) -> &SafetyLayer {
+        &self.safety
+    }
+
+    /// The safety layer's command for control time `now` (s): the chunk's
+    /// request, or the arbiter's choice when an operator is in the loop.
+    /// `None`: the layer is quiet.
+    pub fn tick(&mut self, now: f64) -> Option<SafeCommand> {
+        let req = self
+            .chunk
+            .as_ref()
+            .and_then(|c| c.request_at(now, self.rate));
+        let Some((arbiter, feed)) = &mut self.teleop else {
+            return self.safety.process(now, req.as_ref());
+        };
+        let gripper = self.safety.gripper();
+        let (decision, switch) = arbiter.tick(now, feed.poll(now), gripper);
+        let stats = self.teleop_stats.get_or_insert_with(Default::default);
+        match switch {
+            Some(Switch::TakeOver) => stats.interventions += 1,
+            Some(Switch::HandBack) => stats.hand_backs += 1,
+            None => {}
+        }
+        match decision {
+            Decision::Policy => {
+                stats.policy_ticks += 1;
+                self.safety.process(now, req.as_ref())
+            }
+            Decision::Operator(c) => {
+                stats.operator_ticks += 1;
+                let a = c.calvin_action(gripper.as_calvin());
+                let op = ActionRequest::from_calvin_relative(c.t, a, REL_XYZ_M, REL_EULER_RAD);
+                self.safety.process(now, Some(&op))
+            }
+            Decision::Hold(cause) => {
+                stats.held_ticks += 1;
+                self.safety.process_hold(now, cause.event_kind())
+            }
+        }
+    }
+
+    /// E-stop: latches the layer and returns the holds it sends before going
+    /// quiet (at most `hold_repeats`).
+    pub fn halt(&mut self, now: f64) -> Vec<SafeCommand> {
+        self.safety.estop();
+        let mut out = vec![];
+        for _ in 0..self.safety.config().hold_repeats {
+            match self.safety.process(now, None) {
+                Some(cmd) => out.push(cmd),
+                None => break,
+            }
+        }
+        out
+    }
+
+    fn collect_events(&mut self) {
+        for e in self.safety.drain_events() {
+            *self.events.entry(event_name(&e)).or_default() += 1;
+        }
+    }
+
+    /// Safety events by kind since the last call (clamps, holds and their causes).
+    pub fn take_events(&mut self) -> BTreeMap<String, u64> {
+        self.collect_events();
+        std::mem::take(&mut self.events)
+    }
+
+    /// Who drove the ticks (teleop runs).
+    pub fn teleop_stats(&self) -> Option<&TeleopStats> {
+        self.teleop_stats.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_plays_by_time_and_holds_past_its_end() {
+        let c = Chunk {
+            t: 1.0,
+            actions: vec![
+                [0.5, 0., 0., 0., 0., 0., -1.],
+                [0.25, 0., 0., 0., 0., 0., 1.],
+            ],
+            relative: true,
+        };
+        assert_eq!(c.action_at(1.0, 30.0).unwrap()[0], 0.5);
+        assert_eq!(c.action_at(1.0 + 1.0 / 30.0, 30.0).unwrap()[0], 0.25);
+        assert_eq!(
+            c.action_at(1.0 + 2.0 / 30.0, 30.0).unwrap(),
+            [0., 0., 0., 0., 0., 0., 1.]
+        );
+        let abs = Chunk {
+            relative: false,
+            ..c.clone()
+        };
+        assert_eq!(abs.action_at(5.0, 30.0).unwrap()[0], 0.25);
+        let empty = Chunk {
+            actions: vec![],
+            ..c
+        };
+        assert!(empty.action_at(1.0, 30.0).is_none());
+    }
+}
