@@ -1,16 +1,20 @@
 //! The real-time runtime: a staged pipeline on crossbeam channels.
 //!
-//! - **Ingest** reads observations from the robot, converts and resizes frames
-//!   (OpenCV) and stamps the watchdog clock.
+//! - **Ingest** reads observations from the robot, converts frames to RGB and
+//!   preprocesses them as training did ([`crate::base::image::preprocess`]),
+//!   and stamps the watchdog clock.
 //! - **Plan** runs the [`Planner`] (the closed-loop policy) on every frame.
-//! - **Actuate** plays the newest action chunk and sends every command through
-//!   the [`SafetyLayer`]. On a real robot it ticks at the control rate; on a
-//!   simulator or a replay (lockstep) it acts once per frame, after that frame's plan.
+//! - **Actuate** ticks the [`actuate::Actuator`]: it plays the newest action
+//!   chunk and sends every command through the safety layer. On a real robot
+//!   it ticks at the control rate; on a simulator or a replay (lockstep) it
+//!   acts once per frame, after that frame's plan. CALVIN evaluation and the
+//!   teleop comparison tick the same actuator.
 //! - **Monitor** renders imagined futures from plans; its queue is bounded and
 //!   drops the oldest, so it never blocks plan or actuate.
 //!
-//! Every stage has a lifecycle (start, process, stop), and every message
-//! carries the capture time of the frame it derives from.
+//! Every stage is a [`stages::Stage`] (start, process, stop), and every
+//! message carries the capture time of the frame it derives from. The policy
+//! bundle owns the control rate; [`run`] refuses a robot at another rate.
 
 pub mod actuate;
 pub mod cli;
@@ -18,9 +22,12 @@ pub mod cli;
 pub use crate::base::clock;
 pub mod ingest;
 pub mod metrics;
+pub mod pipeline;
+pub mod planner;
+mod queue;
+pub mod realtime;
 pub mod stages;
 
-pub use stages::{
-    run, BusyRenderer, DecoderRenderer, NullPlanner, PhaseAligner, Planner, Renderer, RunReport,
-    RuntimeConfig, TeleopLink, TeleopStats,
-};
+pub use pipeline::{run, RunReport, RuntimeConfig, TeleopLink, TeleopStats};
+pub use planner::{BusyRenderer, DecoderRenderer, NullPlanner, Planner, Renderer};
+pub use realtime::PhaseAligner;
