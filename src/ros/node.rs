@@ -49,6 +49,7 @@ use super::io::{
 };
 use super::params::{CommandMode, GripperMode, NodeParams, TcpPoseFrame, TeleopMode, NODE_NAME};
 use crate::base::clock::now_s;
+use crate::calibration::Calibration;
 use crate::policy::{LoadedPolicy, Policy, PolicyOptions};
 use crate::runtime::{run, DecoderRenderer, Planner, Renderer, RunReport, RuntimeConfig};
 use crate::safety::{CommandKind, GripperState, SafeCommand};
@@ -209,9 +210,11 @@ fn sub<T: WrappedTypesupport + 'static>(
     node: &mut r2r::Node,
     topic: &str,
     qos: QosProfile,
-) -> Result<impl Stream<Item = T> + Unpin> {
-    node.subscribe::<T>(topic, qos)
-        .map_err(|e| anyhow!("cannot subscribe to {topic}: {e}"))
+) -> Result<Sub<T>> {
+    let s = node
+        .subscribe::<T>(topic, qos)
+        .map_err(|e| anyhow!("cannot subscribe to {topic}: {e}"))?;
+    Ok(Box::new(s))
 }
 
 fn publisher<T: WrappedTypesupport>(
@@ -242,165 +245,229 @@ struct RunningPipeline {
 /// stock binary passes `None` and joint modes are refused at start. Returns
 /// after Ctrl-C (holding the robot first) or a start-up error.
 pub fn run_node(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<()> {
-    let mut params = NodeParams::from_args(args)?;
-    let calibration = params.validate()?;
-    if params.command_mode.is_joint() && ik.is_none() {
-        bail!(
-            "parameter `command_mode`: {} needs an IK solver and this node has none (ik_solver = {:?}). \
-             The policy commands TCP poses; use command_mode servo_twist (MoveIt Servo does the IK), \
-             or build a node with your robot's IK: vw2_policy::ros::node::run_node(args, Some(Box::new(my_ik)))",
-            params.command_mode.name(),
-            params.ik_solver
-        );
-    }
-    let tool_to_flange = match (params.tcp_pose_frame, &calibration) {
-        (TcpPoseFrame::Flange, Some(c)) => Some(c.clone()),
-        _ => None,
-    };
+    let mut node = PolicyNode::setup(args, ik)?;
+    while node.spin_once()? {}
+    Ok(())
+}
 
-    // Policy first: a bad bundle fails before anything talks to ROS.
-    let dev = Device::Cpu;
-    let bundle = LoadedPolicy::load(&params.policy, &dev)
-        .with_context(|| format!("parameter `policy`: {}", params.policy.display()))?;
-    // The bundle owns the control rate: the envelope takes it (or must agree).
-    params.safety = params
-        .safety
-        .clone()
-        .with_control_rate(
-            bundle.spec.control_rate_hz,
-            &format!("the policy bundle {}", params.policy.display()),
-        )
-        .map_err(|e| anyhow!("parameter `safety`: {e}"))?;
-    let renderer: Option<Arc<Mutex<Box<dyn Renderer>>>> = params.publish_imagined.then(|| {
-        Arc::new(Mutex::new(
-            Box::new(DecoderRenderer::new(bundle.dldm.clone())) as Box<dyn Renderer>,
-        ))
-    });
-    let policy = Policy::new(
-        bundle,
-        PolicyOptions {
-            seed: params.seed,
-            replan_every: params.replan_every,
-            ensemble_decay: params.ensemble_decay,
-            ..Default::default()
-        },
-        dev,
-    )?;
-    let planner: Arc<Mutex<Box<dyn Planner>>> = Arc::new(Mutex::new(Box::new(policy)));
+/// A subscription the loop drains without blocking.
+type Sub<T> = Box<dyn Stream<Item = T> + Unpin>;
 
-    let ctx = r2r::Context::create().map_err(|e| anyhow!("ROS context: {e}"))?;
-    let mut node = r2r::Node::create(ctx, NODE_NAME, "").map_err(|e| anyhow!("ROS node: {e}"))?;
-    if params.use_sim_time {
-        enable_sim_time(&mut node)?;
-    }
-    let hardware_id = node
-        .fully_qualified_name()
-        .unwrap_or_else(|_| NODE_NAME.to_string());
-    let t = &params.topics;
-    let sensor = QosProfile::sensor_data();
-    let mut image_sub = sub::<Image>(&mut node, &t.image, sensor.clone())?;
-    let mut info_sub = sub::<CameraInfo>(&mut node, &t.camera_info, sensor.clone())?;
-    let mut joints_sub = sub::<JointState>(&mut node, &t.joint_states, sensor.clone())?;
-    let mut tcp_sub = sub::<PoseStamped>(&mut node, &t.tcp_pose, sensor)?;
-    let mut instruction_sub = sub::<RosString>(&mut node, &t.instruction, QosProfile::default())?;
-    let mut teleop_sub = sub::<TwistStamped>(&mut node, &t.teleop_cmd, QosProfile::default())?;
-    let mut teleop_gripper_sub =
-        sub::<Float64>(&mut node, &t.teleop_gripper, QosProfile::default())?;
-    let mut teleop_gripper_closed_sub =
-        sub::<Bool>(&mut node, &t.teleop_gripper_closed, QosProfile::default())?;
-    let operator_inbox = Arc::new(OperatorInbox::default());
-    let mut enable_sub = sub::<Bool>(&mut node, &t.enable, QosProfile::default())?;
-    let mut estop_sub = sub::<Bool>(&mut node, &t.estop, QosProfile::default())?;
+/// Everything the node listens to.
+struct Subscriptions {
+    image: Sub<Image>,
+    camera_info: Sub<CameraInfo>,
+    joints: Sub<JointState>,
+    tcp: Sub<PoseStamped>,
+    instruction: Sub<RosString>,
+    teleop: Sub<TwistStamped>,
+    teleop_gripper: Sub<Float64>,
+    teleop_gripper_closed: Sub<Bool>,
+    enable: Sub<Bool>,
+    estop: Sub<Bool>,
+}
 
-    let dt = params.safety.dt();
-    let arm_publisher =
-        |node: &mut r2r::Node, ik: Option<Box<dyn JointIk>>| -> Result<ArmPublisher> {
-            Ok(match params.command_mode {
-                CommandMode::ServoTwist => ArmPublisher::Twist(
-                    publisher(node, &t.twist_cmd)?,
-                    TwistSettings::new(
-                        params.twist_units,
-                        params.servo_scale_linear,
-                        params.servo_scale_rotational,
-                        params.servo_position_gain,
-                        &params.safety,
-                    ),
-                ),
-                CommandMode::JointForward => ArmPublisher::Forward(
-                    publisher(node, &t.joint_cmd)?,
-                    JointCommander::new(params.joint_names.clone(), ik, params.max_joint_speed, dt),
-                ),
-                CommandMode::JointTrajectory => ArmPublisher::Trajectory(
-                    publisher(node, &t.joint_trajectory)?,
-                    JointCommander::new(params.joint_names.clone(), ik, params.max_joint_speed, dt),
-                    params.trajectory_lookahead_s,
-                ),
-            })
+/// The node after set-up: its ROS side, the policy, and the state of the
+/// supervision loop ([`PolicyNode::spin_once`]).
+struct PolicyNode {
+    params: NodeParams,
+    calibration: Option<Calibration>,
+    tool_to_flange: Option<Calibration>,
+    node: r2r::Node,
+    hardware_id: String,
+    subs: Subscriptions,
+    planner: Arc<Mutex<Box<dyn Planner>>>,
+    renderer: Option<Arc<Mutex<Box<dyn Renderer>>>>,
+    operator_inbox: Arc<OperatorInbox>,
+    inputs: RosInputs,
+    clock: ClockOffset,
+    output: Arc<Mutex<R2rOutput>>,
+    imagined_pub: Option<r2r::Publisher<Image>>,
+    diag_pub: r2r::Publisher<DiagnosticArray>,
+    shutdown: Arc<AtomicBool>,
+    supervisor: Supervisor,
+    pipeline: Option<RunningPipeline>,
+    last_report: Option<RunReport>,
+    strip: StripSlot,
+    live: LiveDiagnostics,
+    last_image_recv: Option<f64>,
+    next_diag: f64,
+    rates: [RateMeter; 3],
+    plan_prev: (u64, u64),
+}
+
+impl PolicyNode {
+    /// Parameters, policy, subscriptions and publishers. The policy is loaded
+    /// first: a bad bundle fails before anything talks to ROS.
+    fn setup(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<Self> {
+        let mut params = NodeParams::from_args(args)?;
+        let calibration = params.validate()?;
+        if params.command_mode.is_joint() && ik.is_none() {
+            bail!(
+                "parameter `command_mode`: {} needs an IK solver and this node has none (ik_solver = {:?}). \
+                 The policy commands TCP poses; use command_mode servo_twist (MoveIt Servo does the IK), \
+                 or build a node with your robot's IK: vw2_policy::ros::node::run_node(args, Some(Box::new(my_ik)))",
+                params.command_mode.name(),
+                params.ik_solver
+            );
+        }
+        let tool_to_flange = match (params.tcp_pose_frame, &calibration) {
+            (TcpPoseFrame::Flange, Some(c)) => Some(c.clone()),
+            _ => None,
         };
-    let gripper_publisher = |node: &mut r2r::Node| -> Result<GripperPublisher> {
-        Ok(match params.gripper_mode {
-            GripperMode::None => GripperPublisher::None,
-            GripperMode::Float64 => GripperPublisher::Float64(publisher(node, &t.gripper_cmd)?),
-            GripperMode::Float64Array => GripperPublisher::Array(publisher(node, &t.gripper_cmd)?),
+
+        let dev = Device::Cpu;
+        let bundle = LoadedPolicy::load(&params.policy, &dev)
+            .with_context(|| format!("parameter `policy`: {}", params.policy.display()))?;
+        // The bundle owns the control rate: the envelope takes it (or must agree).
+        params.safety = params
+            .safety
+            .clone()
+            .with_control_rate(
+                bundle.spec.control_rate_hz,
+                &format!("the policy bundle {}", params.policy.display()),
+            )
+            .map_err(|e| anyhow!("parameter `safety`: {e}"))?;
+        let renderer: Option<Arc<Mutex<Box<dyn Renderer>>>> = params.publish_imagined.then(|| {
+            Arc::new(Mutex::new(
+                Box::new(DecoderRenderer::new(bundle.dldm.clone())) as Box<dyn Renderer>,
+            ))
+        });
+        let policy = Policy::new(
+            bundle,
+            PolicyOptions {
+                seed: params.seed,
+                replan_every: params.replan_every,
+                ensemble_decay: params.ensemble_decay,
+                ..Default::default()
+            },
+            dev,
+        )?;
+        let planner: Arc<Mutex<Box<dyn Planner>>> = Arc::new(Mutex::new(Box::new(policy)));
+
+        let ctx = r2r::Context::create().map_err(|e| anyhow!("ROS context: {e}"))?;
+        let mut node =
+            r2r::Node::create(ctx, NODE_NAME, "").map_err(|e| anyhow!("ROS node: {e}"))?;
+        if params.use_sim_time {
+            enable_sim_time(&mut node)?;
+        }
+        let hardware_id = node
+            .fully_qualified_name()
+            .unwrap_or_else(|_| NODE_NAME.to_string());
+        let t = &params.topics;
+        let sensor = QosProfile::sensor_data();
+        let reliable = QosProfile::default();
+        let subs = Subscriptions {
+            image: sub(&mut node, &t.image, sensor.clone())?,
+            camera_info: sub(&mut node, &t.camera_info, sensor.clone())?,
+            joints: sub(&mut node, &t.joint_states, sensor.clone())?,
+            tcp: sub(&mut node, &t.tcp_pose, sensor)?,
+            instruction: sub(&mut node, &t.instruction, reliable.clone())?,
+            teleop: sub(&mut node, &t.teleop_cmd, reliable.clone())?,
+            teleop_gripper: sub(&mut node, &t.teleop_gripper, reliable.clone())?,
+            teleop_gripper_closed: sub(&mut node, &t.teleop_gripper_closed, reliable.clone())?,
+            enable: sub(&mut node, &t.enable, reliable.clone())?,
+            estop: sub(&mut node, &t.estop, reliable)?,
+        };
+
+        // One output, moved into each run and handed back through a shared slot.
+        let inputs = RosInputs::new(
+            params.safety.stale_timeout_s,
+            params.command_mode.is_joint(),
+        );
+        let clock = ClockOffset::default();
+        let output: Arc<Mutex<R2rOutput>> = Arc::new(Mutex::new(R2rOutput {
+            arm: arm_publisher(&mut node, &params, ik)?,
+            gripper: gripper_publisher(&mut node, &params)?,
+            gripper_open: params.gripper_open_position,
+            gripper_closed: params.gripper_closed_position,
+            last_gripper: None,
+            base_frame: params.base_frame.clone(),
+            inputs: inputs.clone(),
+            clock: clock.clone(),
+            ik_errors: 0,
+        }));
+        let imagined_pub = params
+            .publish_imagined
+            .then(|| publisher::<Image>(&mut node, &t.imagined))
+            .transpose()?;
+        let diag_pub = publisher::<DiagnosticArray>(&mut node, &t.diagnostics)?;
+        tracing::info!(
+            node = %hardware_id,
+            mode = params.command_mode.name(),
+            policy = %params.policy.display(),
+            "vw2_policy_node ready (disabled: publish true on {})",
+            t.enable
+        );
+        Ok(Self {
+            supervisor: Supervisor::new(&params.instruction),
+            params,
+            calibration,
+            tool_to_flange,
+            node,
+            hardware_id,
+            subs,
+            planner,
+            renderer,
+            operator_inbox: Arc::new(OperatorInbox::default()),
+            inputs,
+            clock,
+            output,
+            imagined_pub,
+            diag_pub,
+            shutdown: crate::runtime::cli::ctrl_c_flag(),
+            pipeline: None,
+            last_report: None,
+            strip: Arc::new(Mutex::new(None)),
+            live: LiveDiagnostics::default(),
+            last_image_recv: None,
+            next_diag: 0.0,
+            rates: Default::default(),
+            plan_prev: (0, 0),
         })
-    };
-    // One output, moved into each run and handed back through a shared slot.
-    let inputs = RosInputs::new(
-        params.safety.stale_timeout_s,
-        params.command_mode.is_joint(),
-    );
-    let clock = ClockOffset::default();
-    let output: Arc<Mutex<R2rOutput>> = Arc::new(Mutex::new(R2rOutput {
-        arm: arm_publisher(&mut node, ik)?,
-        gripper: gripper_publisher(&mut node)?,
-        gripper_open: params.gripper_open_position,
-        gripper_closed: params.gripper_closed_position,
-        last_gripper: None,
-        base_frame: params.base_frame.clone(),
-        inputs: inputs.clone(),
-        clock: clock.clone(),
-        ik_errors: 0,
-    }));
-    let imagined_pub = params
-        .publish_imagined
-        .then(|| publisher::<Image>(&mut node, &t.imagined))
-        .transpose()?;
-    let diag_pub = publisher::<DiagnosticArray>(&mut node, &t.diagnostics)?;
+    }
 
-    let shutdown = crate::runtime::cli::ctrl_c_flag();
-    let mut supervisor = Supervisor::new(&params.instruction);
-    let mut pipeline: Option<RunningPipeline> = None;
-    let mut last_report: Option<RunReport> = None;
-    let strip: StripSlot = Arc::new(Mutex::new(None));
-    let mut live = LiveDiagnostics::default();
-    let mut last_image_recv: Option<f64> = None;
-    let mut next_diag = 0.0;
-    let (mut cam_rate, mut plan_rate, mut cmd_rate) = (
-        RateMeter::default(),
-        RateMeter::default(),
-        RateMeter::default(),
-    );
-    let mut plan_prev = (0u64, 0u64);
-    let stale = params.safety.stale_timeout_s;
-    tracing::info!(
-        node = %hardware_id,
-        mode = params.command_mode.name(),
-        policy = %params.policy.display(),
-        "vw2_policy_node ready (disabled: publish true on {})",
-        t.enable
-    );
-
-    loop {
-        node.spin_once(Duration::from_millis(2));
+    /// One turn of the loop: spin, read the inputs, start or stop the policy,
+    /// publish. `false` after Ctrl-C (the robot held first).
+    fn spin_once(&mut self) -> Result<bool> {
+        self.node.spin_once(Duration::from_millis(2));
         let mono = now_s();
-        let ros_now = ros_now_s(&node)?;
-        clock.set(ros_now, mono);
+        let ros_now = ros_now_s(&self.node)?;
+        self.clock.set(ros_now, mono);
+        self.drain_inputs(mono, ros_now);
+        let missing = self.supervise(mono)?;
+        self.publish(mono, ros_now, missing.as_deref())?;
+        if self.shutdown.load(Ordering::Relaxed) {
+            if let Some(p) = self.pipeline.take() {
+                p.stop.store(true, Ordering::Relaxed);
+                // The pipeline's exit publishes the holds; publishers live until it returns.
+                let _ = p.handle.join();
+            }
+            tracing::info!("shut down");
+            return Ok(false);
+        }
+        Ok(true)
+    }
 
-        // --- inputs (e-stop and enable first)
-        drain(&mut estop_sub, |m: Bool| supervisor.on_estop(m.data));
-        drain(&mut enable_sub, |m: Bool| supervisor.on_enable(m.data));
-        drain(&mut tcp_sub, |m: PoseStamped| {
-            let pose = pose_to_tcp(&m).and_then(|p| match &tool_to_flange {
+    /// Every queued message, e-stop and enable first.
+    fn drain_inputs(&mut self, mono: f64, ros_now: f64) {
+        let Self {
+            params,
+            calibration,
+            tool_to_flange,
+            subs,
+            operator_inbox,
+            inputs,
+            supervisor,
+            live,
+            last_image_recv,
+            ..
+        } = self;
+        let t = &params.topics;
+        drain(&mut subs.estop, |m: Bool| supervisor.on_estop(m.data));
+        drain(&mut subs.enable, |m: Bool| supervisor.on_enable(m.data));
+        drain(&mut subs.tcp, |m: PoseStamped| {
+            let pose = pose_to_tcp(&m).and_then(|p| match &*tool_to_flange {
                 Some(c) => flange_pose_to_tool(c, &p),
                 None => Ok(p),
             });
@@ -410,7 +477,7 @@ pub fn run_node(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<()> {
             }
         });
         drain(
-            &mut joints_sub,
+            &mut subs.joints,
             |m: JointState| match joint_state_to_proprio(
                 &m,
                 &params.joint_names,
@@ -420,9 +487,9 @@ pub fn run_node(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<()> {
                 Err(e) => live.last_input_error = format!("{}: {e}", t.joint_states),
             },
         );
-        drain(&mut image_sub, |m: Image| match image_to_raw_frame(&m) {
+        drain(&mut subs.image, |m: Image| match image_to_raw_frame(&m) {
             Ok(frame) => {
-                last_image_recv = Some(mono);
+                *last_image_recv = Some(mono);
                 let stamp =
                     (!stamp_is_zero(&m.header.stamp)).then(|| stamp_to_seconds(&m.header.stamp));
                 let t_frame = frame_time_on_runtime_clock(stamp, ros_now, mono);
@@ -433,39 +500,42 @@ pub fn run_node(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<()> {
                 live.last_input_error = format!("{}: {e}", t.image);
             }
         });
-        drain(&mut info_sub, |m: CameraInfo| {
-            if let Some(c) = &calibration {
+        drain(&mut subs.camera_info, |m: CameraInfo| {
+            if let Some(c) = &*calibration {
                 live.camera_info_mismatch = match camera_info_to_intrinsics(&m) {
                     Ok(cam) => intrinsics_mismatch(&c.intrinsics, &cam, 0.02),
                     Err(e) => Some(e.to_string()),
                 };
             }
         });
-        drain(&mut instruction_sub, |m: RosString| {
+        drain(&mut subs.instruction, |m: RosString| {
             supervisor.on_instruction(&m.data)
         });
-        drain(&mut teleop_sub, |m: TwistStamped| {
+        let rate = params.safety.rate_hz();
+        drain(&mut subs.teleop, |m: TwistStamped| {
             live.teleop_msgs += 1;
-            operator_inbox.push(twist_to_operator_command(
-                &m,
-                ros_now,
-                mono,
-                params.safety.rate_hz(),
-            ));
+            operator_inbox.push(twist_to_operator_command(&m, ros_now, mono, rate));
         });
-        drain(&mut teleop_gripper_sub, |m: Float64| {
+        drain(&mut subs.teleop_gripper, |m: Float64| {
             operator_inbox.push_gripper(m.data)
         });
-        drain(&mut teleop_gripper_closed_sub, |m: Bool| {
+        drain(&mut subs.teleop_gripper_closed, |m: Bool| {
             operator_inbox.push_gripper(if m.data { -1.0 } else { 1.0 })
         });
         while let Some(line) = supervisor.log.pop_front() {
             tracing::warn!("{line}");
         }
+    }
 
-        // --- pipeline lifecycle
-        if pipeline.as_ref().is_some_and(|p| p.handle.is_finished()) {
-            let p = pipeline.take().expect("checked");
+    /// Collects a finished run, then starts or stops the policy as the
+    /// supervisor decides. Returns what is missing to run, if anything.
+    fn supervise(&mut self, mono: f64) -> Result<Option<String>> {
+        if self
+            .pipeline
+            .as_ref()
+            .is_some_and(|p| p.handle.is_finished())
+        {
+            let p = self.pipeline.take().expect("checked");
             let restart = p.stop_reason.as_deref() == Some(RESTART);
             let why = match p.handle.join() {
                 Ok(Ok(report)) => {
@@ -474,7 +544,7 @@ pub fn run_node(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<()> {
                         .clone()
                         .unwrap_or_else(|| report.ended_by.clone());
                     tracing::info!(ended_by = %report.ended_by, commands = report.commands, holds = report.holds, "run ended");
-                    last_report = Some(report);
+                    self.last_report = Some(report);
                     why
                 }
                 Ok(Err(e)) => {
@@ -483,54 +553,71 @@ pub fn run_node(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<()> {
                 }
                 Err(_) => "error: pipeline thread panicked".to_string(),
             };
-            supervisor.on_run_ended(&why, restart);
+            self.supervisor.on_run_ended(&why, restart);
         }
-        let missing =
-            camera_missing(last_image_recv, mono, stale).or_else(|| inputs.missing_at(mono));
-        match supervisor.decide(pipeline.is_some(), missing.as_deref()) {
+        let stale = self.params.safety.stale_timeout_s;
+        let missing = camera_missing(self.last_image_recv, mono, stale)
+            .or_else(|| self.inputs.missing_at(mono));
+        match self
+            .supervisor
+            .decide(self.pipeline.is_some(), missing.as_deref())
+        {
             Action::None => {}
             Action::Stop(reason) => {
-                if let Some(p) = pipeline.as_mut().filter(|p| p.stop_reason.is_none()) {
+                if let Some(p) = self.pipeline.as_mut().filter(|p| p.stop_reason.is_none()) {
                     tracing::warn!(%reason, "stopping the policy: holding");
                     p.stop.store(true, Ordering::Relaxed);
                     p.stop_reason = Some(reason);
                 }
             }
-            Action::Start(instruction) => {
-                let stop = Arc::new(AtomicBool::new(false));
-                let out: Box<dyn CommandOutput> = Box::new(SharedOutput(output.clone()));
-                let io =
-                    match RosIo::new(inputs.clone(), out, params.safety.rate_hz(), stop.clone()) {
-                        Ok(io) => io,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot start the policy");
-                            supervisor.on_run_ended(&format!("error: {e}"), false);
-                            continue;
-                        }
-                    };
-                let mut cfg = RuntimeConfig::new(params.safety.clone(), &instruction);
-                cfg.frame_timeout_s = params.frame_timeout_s;
-                cfg.teleop = teleop_link(&params, &operator_inbox);
-                let planner = Box::new(SharedPlanner::new(planner.clone(), inputs.clone()));
-                let renderer = renderer.clone().map(|r| {
-                    Box::new(PublishingRenderer::new(r, strip.clone())) as Box<dyn Renderer>
-                });
-                let stop2 = stop.clone();
-                let handle = std::thread::Builder::new()
-                    .name("vw2-pipeline".into())
-                    .spawn(move || run(Box::new(io), planner, renderer, cfg, stop2))?;
-                tracing::info!(%instruction, "policy running");
-                pipeline = Some(RunningPipeline {
-                    handle,
-                    stop,
-                    stop_reason: None,
-                });
-            }
+            Action::Start(instruction) => self.start_run(instruction)?,
         }
+        Ok(missing)
+    }
 
-        // --- outputs
-        if let Some(p) = &imagined_pub {
-            if let Some((step, img)) = strip
+    /// Starts the runtime on a thread for `instruction`.
+    fn start_run(&mut self, instruction: String) -> Result<()> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let out: Box<dyn CommandOutput> = Box::new(SharedOutput(self.output.clone()));
+        let rate = self.params.safety.rate_hz();
+        let io = match RosIo::new(self.inputs.clone(), out, rate, stop.clone()) {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the policy");
+                self.supervisor.on_run_ended(&format!("error: {e}"), false);
+                return Ok(());
+            }
+        };
+        let mut cfg = RuntimeConfig::new(self.params.safety.clone(), &instruction);
+        cfg.frame_timeout_s = self.params.frame_timeout_s;
+        cfg.teleop = teleop_link(&self.params, &self.operator_inbox);
+        let planner = Box::new(SharedPlanner::new(
+            self.planner.clone(),
+            self.inputs.clone(),
+        ));
+        let strip = self.strip.clone();
+        let renderer = self
+            .renderer
+            .clone()
+            .map(|r| Box::new(PublishingRenderer::new(r, strip)) as Box<dyn Renderer>);
+        let stop2 = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("vw2-pipeline".into())
+            .spawn(move || run(Box::new(io), planner, renderer, cfg, stop2))?;
+        tracing::info!(%instruction, "policy running");
+        self.pipeline = Some(RunningPipeline {
+            handle,
+            stop,
+            stop_reason: None,
+        });
+        Ok(())
+    }
+
+    /// The imagined strip when a new one is ready, and diagnostics at their rate.
+    fn publish(&mut self, mono: f64, ros_now: f64, missing: Option<&str>) -> Result<()> {
+        if let Some(p) = &self.imagined_pub {
+            if let Some((step, img)) = self
+                .strip
                 .lock()
                 .map_err(|_| anyhow!("strip slot poisoned"))?
                 .take()
@@ -541,59 +628,95 @@ pub fn run_node(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<()> {
                 tracing::debug!(step, "published an imagined strip");
             }
         }
-        if mono >= next_diag {
-            next_diag = mono + 1.0 / params.diagnostics_rate_hz;
-            let c = inputs.counters();
-            let running = pipeline.is_some();
-            live.state = supervisor.state(running, missing.as_deref());
-            live.enabled = supervisor.enabled();
-            live.estop_latched = supervisor.estop_latched();
-            live.instruction = supervisor.instruction().to_string();
-            live.last_end = supervisor.last_end.clone();
-            live.frames_dropped = c.frames_dropped.load(Ordering::Relaxed);
-            live.frames_refused = c.frames_refused.load(Ordering::Relaxed);
-            live.camera_rate_hz = cam_rate.rate(mono, c.frames.load(Ordering::Relaxed));
-            live.plan_rate_hz = plan_rate.rate(mono, c.plans.load(Ordering::Relaxed));
-            live.command_rate_hz = cmd_rate.rate(mono, c.commands.load(Ordering::Relaxed));
-            let (calls, ns) = (
-                c.plan_calls.load(Ordering::Relaxed),
-                c.plan_ns.load(Ordering::Relaxed),
-            );
-            live.plan_time_s = (calls > plan_prev.0)
-                .then(|| (ns - plan_prev.1) as f64 * 1e-9 / (calls - plan_prev.0) as f64);
-            plan_prev = (calls, ns);
-            let last = inputs.last_command();
-            live.watchdog = match last {
-                _ if !running => "not running".into(),
-                Some((tc, _, _)) if mono - tc > 2.0 * params.safety.dt() => "quiet".into(),
-                Some((_, CommandKind::Hold, _)) => "holding".into(),
-                Some((_, CommandKind::Move, _)) => "moving".into(),
-                None => "starting".into(),
-            };
-            live.frame_age_s = match (last, inputs.newest_frame_t()) {
-                (Some((tc, _, _)), Some(tf)) => Some(tc - tf),
-                _ => None,
-            };
-            let msg = diagnostics_from_report(
-                last_report.as_ref(),
-                &live,
-                stale,
-                &hardware_id,
-                seconds_to_stamp(ros_now),
-            );
-            diag_pub.publish(&msg)?;
-        }
-
-        if shutdown.load(Ordering::Relaxed) {
-            if let Some(p) = pipeline.take() {
-                p.stop.store(true, Ordering::Relaxed);
-                // The pipeline's exit publishes the holds; publishers live until it returns.
-                let _ = p.handle.join();
-            }
-            tracing::info!("shut down");
+        if mono < self.next_diag {
             return Ok(());
         }
+        self.next_diag = mono + 1.0 / self.params.diagnostics_rate_hz;
+        let c = self.inputs.counters();
+        let running = self.pipeline.is_some();
+        let live = &mut self.live;
+        live.state = self.supervisor.state(running, missing);
+        live.enabled = self.supervisor.enabled();
+        live.estop_latched = self.supervisor.estop_latched();
+        live.instruction = self.supervisor.instruction().to_string();
+        live.last_end = self.supervisor.last_end.clone();
+        live.frames_dropped = c.frames_dropped.load(Ordering::Relaxed);
+        live.frames_refused = c.frames_refused.load(Ordering::Relaxed);
+        let [cam_rate, plan_rate, cmd_rate] = &mut self.rates;
+        live.camera_rate_hz = cam_rate.rate(mono, c.frames.load(Ordering::Relaxed));
+        live.plan_rate_hz = plan_rate.rate(mono, c.plans.load(Ordering::Relaxed));
+        live.command_rate_hz = cmd_rate.rate(mono, c.commands.load(Ordering::Relaxed));
+        let (calls, ns) = (
+            c.plan_calls.load(Ordering::Relaxed),
+            c.plan_ns.load(Ordering::Relaxed),
+        );
+        let prev = self.plan_prev;
+        live.plan_time_s =
+            (calls > prev.0).then(|| (ns - prev.1) as f64 * 1e-9 / (calls - prev.0) as f64);
+        self.plan_prev = (calls, ns);
+        let last = self.inputs.last_command();
+        live.watchdog = match last {
+            _ if !running => "not running".into(),
+            Some((tc, _, _)) if mono - tc > 2.0 * self.params.safety.dt() => "quiet".into(),
+            Some((_, CommandKind::Hold, _)) => "holding".into(),
+            Some((_, CommandKind::Move, _)) => "moving".into(),
+            None => "starting".into(),
+        };
+        live.frame_age_s = match (last, self.inputs.newest_frame_t()) {
+            (Some((tc, _, _)), Some(tf)) => Some(tc - tf),
+            _ => None,
+        };
+        let msg = diagnostics_from_report(
+            self.last_report.as_ref(),
+            live,
+            self.params.safety.stale_timeout_s,
+            &self.hardware_id,
+            seconds_to_stamp(ros_now),
+        );
+        self.diag_pub.publish(&msg)?;
+        Ok(())
     }
+}
+
+/// The arm's publisher for `command_mode`.
+fn arm_publisher(
+    node: &mut r2r::Node,
+    params: &NodeParams,
+    ik: Option<Box<dyn JointIk>>,
+) -> Result<ArmPublisher> {
+    let t = &params.topics;
+    let dt = params.safety.dt();
+    Ok(match params.command_mode {
+        CommandMode::ServoTwist => ArmPublisher::Twist(
+            publisher(node, &t.twist_cmd)?,
+            TwistSettings::new(
+                params.twist_units,
+                params.servo_scale_linear,
+                params.servo_scale_rotational,
+                params.servo_position_gain,
+                &params.safety,
+            ),
+        ),
+        CommandMode::JointForward => ArmPublisher::Forward(
+            publisher(node, &t.joint_cmd)?,
+            JointCommander::new(params.joint_names.clone(), ik, params.max_joint_speed, dt),
+        ),
+        CommandMode::JointTrajectory => ArmPublisher::Trajectory(
+            publisher(node, &t.joint_trajectory)?,
+            JointCommander::new(params.joint_names.clone(), ik, params.max_joint_speed, dt),
+            params.trajectory_lookahead_s,
+        ),
+    })
+}
+
+/// The gripper's publisher for `gripper_mode`.
+fn gripper_publisher(node: &mut r2r::Node, params: &NodeParams) -> Result<GripperPublisher> {
+    let t = &params.topics;
+    Ok(match params.gripper_mode {
+        GripperMode::None => GripperPublisher::None,
+        GripperMode::Float64 => GripperPublisher::Float64(publisher(node, &t.gripper_cmd)?),
+        GripperMode::Float64Array => GripperPublisher::Array(publisher(node, &t.gripper_cmd)?),
+    })
 }
 
 /// Makes the node's ROS clock follow `/clock` (r2r has the time source only
