@@ -464,7 +464,6 @@ pub fn finetune_head(opts: &HeadTrainOptions) -> Result<HeadTrainResult> {
         opts.policy.clone()
     };
     let spec = PolicySpec::from_file(&yaml)?;
-    let policy_dir = yaml.parent().map(Path::to_path_buf).unwrap_or_default();
     let head_cfg = resolve_head_config(&opts.config, &spec)?;
     let src = DldmSource::resolve(&yaml)?;
     let run_dir = opts.out.join("train").join("head");
@@ -472,99 +471,16 @@ pub fn finetune_head(opts: &HeadTrainOptions) -> Result<HeadTrainResult> {
         .with_context(|| format!("{}: cannot create folder", run_dir.display()))?;
 
     let ds = CalvinDataset::open(&opts.dataset)?;
-    let (pool, val_eps, val_ds) = match &opts.val_dataset {
-        Some(v) => {
-            let vds = CalvinDataset::open(v)?;
-            let all: Vec<usize> = (0..vds.episodes().len()).collect();
-            ((0..ds.episodes().len()).collect(), all, Some(vds))
-        }
-        None => {
-            let (p, v) = split_episodes(
-                ds.episodes().len(),
-                opts.config.val_fraction,
-                opts.config.val_seed,
-            );
-            (p, v, None)
-        }
-    };
-    // A teleop dataset's episodes filtered by who drove them (train and validation alike).
-    let (pool, val_eps) = match opts.source.episodes(&opts.dataset, ds.episodes().len())? {
-        None => (pool, val_eps),
-        Some(keep) => {
-            let pool: Vec<usize> = pool.into_iter().filter(|e| keep.contains(e)).collect();
-            let val_eps = if val_ds.is_some() {
-                val_eps
-            } else {
-                val_eps.into_iter().filter(|e| keep.contains(e)).collect()
-            };
-            anyhow::ensure!(
-                !pool.is_empty(),
-                "{}: no training episode has source '{}'",
-                opts.dataset.display(),
-                opts.source.name()
-            );
-            (pool, val_eps)
-        }
-    };
-    let labelled = label_subset(&pool, opts.label_fraction, opts.seed)?;
-    let window = opts.config.window_latent_steps;
-    let encoded = encoded_dataset(
-        &opts.dataset,
-        &src,
-        window,
-        None,
-        256,
-        Some(&run_dir.join("feature_cache.safetensors")),
-        opts.run.progress,
-        &dev,
-    )?;
-    let label_frames: Vec<usize> = labelled
-        .iter()
-        .flat_map(|&e| {
-            let (s, t) = ds.episodes()[e];
-            s..=t
-        })
-        .collect();
-    let norm = normalization_for(
-        &ds,
-        head_cfg.proprio_dim,
-        TRAINED_PROPRIO_ENCODING,
-        opts.config.action_normalization,
-        Some(&label_frames),
-    )?;
-    let s = spec.steps_per_latent;
-    let train = head_windows(&ds, &encoded, Some(&labelled), &head_cfg, &norm, s)?;
-    let val = match (&opts.val_dataset, &val_ds) {
-        (Some(v), Some(vds)) => {
-            let venc = encoded_dataset(
-                v,
-                &src,
-                window,
-                None,
-                256,
-                Some(&run_dir.join("val_feature_cache.safetensors")),
-                opts.run.progress,
-                &dev,
-            )?;
-            head_windows(vds, &venc, None, &head_cfg, &norm, s)?
-        }
-        _ => head_windows(&ds, &encoded, Some(&val_eps), &head_cfg, &norm, s)?,
-    };
-    if train.is_empty() {
-        bail!(
-            "{}: the labelled episodes {labelled:?} hold no window of {} frames",
-            opts.dataset.display(),
-            s + 1
-        );
-    }
+    let split = episode_split(opts, &ds)?;
+    let data = head_data(opts, &ds, &split, &src, &spec, &head_cfg, &run_dir, &dev)?;
     write_atomic(
         &opts.out.join("split.json"),
         serde_json::to_string_pretty(&serde_json::json!({
             "label_fraction": opts.label_fraction,
             "seed": opts.seed,
-            "train_pool_episodes": pool,
-            "label_episodes": labelled,
-            "val_episodes": val_eps,
+            "train_pool_episodes": split.pool,
+            "label_episodes": data.labelled,
+            "val_episodes": split.val_eps,
             "val_dataset": opts.val_dataset,
         }))?
         .as_bytes(),
@@ -572,15 +488,15 @@ pub fn finetune_head(opts: &HeadTrainOptions) -> Result<HeadTrainResult> {
     let stage = HeadStage::new(
         &opts.config,
         &head_cfg,
-        train,
-        val,
-        norm.clone(),
+        data.train,
+        data.val,
+        data.norm.clone(),
         opts.seed,
         &dev,
     )?;
     tracing::info!(
         label_windows = stage.train_windows().len(),
-        label_episodes = labelled.len(),
+        label_episodes = data.labelled.len(),
         val_windows = stage.val_windows().len(),
         "finetune head"
     );
@@ -590,7 +506,7 @@ pub fn finetune_head(opts: &HeadTrainOptions) -> Result<HeadTrainResult> {
         "label_fraction": opts.label_fraction,
         "config": opts.config,
         "model": head_cfg,
-        "label_episodes": labelled,
+        "label_episodes": data.labelled,
     }))?;
     let report = train_loop(
         "head",
@@ -612,12 +528,168 @@ pub fn finetune_head(opts: &HeadTrainOptions) -> Result<HeadTrainResult> {
     }
     let head_path = run_dir.join("head.safetensors");
     save_safetensors_atomic(&varmap_tensors(stage.varmap()), &head_path)?;
-    let train_eval = stage
-        .evaluate(stage.train_windows())?
-        .expect("train windows are not empty");
-    let val_eval = stage.evaluate(stage.val_windows())?;
+    let bundle = assemble_head_bundle(opts, &yaml, &spec, head_cfg, data.norm, head_path)?;
+    let metrics = head_metrics(opts, &stage, &report, &split, data.labelled)?;
+    write_atomic(
+        &opts.out.join("metrics.json"),
+        serde_json::to_string_pretty(&metrics)?.as_bytes(),
+    )?;
+    Ok(HeadTrainResult {
+        report,
+        metrics: Some(metrics),
+        bundle: Some(bundle),
+    })
+}
+
+/// Which episodes the head may learn from (`pool`) and which validate it.
+struct EpisodeSplit {
+    /// Training pool (the labelled subset is drawn from it).
+    pool: Vec<usize>,
+    /// Validation episodes (of `val_ds` when given, else of the training set).
+    val_eps: Vec<usize>,
+    /// A separate validation dataset.
+    val_ds: Option<CalvinDataset>,
+}
+
+/// The episode split: a held-out validation dataset or a seeded fraction of
+/// the training set, then (teleop datasets) the episodes of the chosen source.
+fn episode_split(opts: &HeadTrainOptions, ds: &CalvinDataset) -> Result<EpisodeSplit> {
+    let (pool, val_eps, val_ds) = match &opts.val_dataset {
+        Some(v) => {
+            let vds = CalvinDataset::open(v)?;
+            let all: Vec<usize> = (0..vds.episodes().len()).collect();
+            ((0..ds.episodes().len()).collect(), all, Some(vds))
+        }
+        None => {
+            let (p, v) = split_episodes(
+                ds.episodes().len(),
+                opts.config.val_fraction,
+                opts.config.val_seed,
+            );
+            (p, v, None)
+        }
+    };
+    // A teleop dataset's episodes filtered by who drove them (train and validation alike).
+    let Some(keep) = opts.source.episodes(&opts.dataset, ds.episodes().len())? else {
+        return Ok(EpisodeSplit {
+            pool,
+            val_eps,
+            val_ds,
+        });
+    };
+    let pool: Vec<usize> = pool.into_iter().filter(|e| keep.contains(e)).collect();
+    let val_eps = if val_ds.is_some() {
+        val_eps
+    } else {
+        val_eps.into_iter().filter(|e| keep.contains(e)).collect()
+    };
+    anyhow::ensure!(
+        !pool.is_empty(),
+        "{}: no training episode has source '{}'",
+        opts.dataset.display(),
+        opts.source.name()
+    );
+    Ok(EpisodeSplit {
+        pool,
+        val_eps,
+        val_ds,
+    })
+}
+
+/// What the head trains on.
+struct HeadData {
+    /// The labelled episodes (a seeded fraction of the pool).
+    labelled: Vec<usize>,
+    /// Normalization from the labelled frames.
+    norm: Normalization,
+    /// Training and validation windows.
+    train: Vec<HeadWindow>,
+    val: Vec<HeadWindow>,
+}
+
+/// Draws the labelled subset, encodes the frames (cached) and cuts windows.
+#[allow(clippy::too_many_arguments)]
+fn head_data(
+    opts: &HeadTrainOptions,
+    ds: &CalvinDataset,
+    split: &EpisodeSplit,
+    src: &DldmSource,
+    spec: &PolicySpec,
+    head_cfg: &HeadConfig,
+    run_dir: &Path,
+    dev: &Device,
+) -> Result<HeadData> {
+    let labelled = label_subset(&split.pool, opts.label_fraction, opts.seed)?;
+    let window = opts.config.window_latent_steps;
+    let encoded = encoded_dataset(
+        &opts.dataset,
+        src,
+        window,
+        None,
+        256,
+        Some(&run_dir.join("feature_cache.safetensors")),
+        opts.run.progress,
+        dev,
+    )?;
+    let label_frames: Vec<usize> = labelled
+        .iter()
+        .flat_map(|&e| {
+            let (s, t) = ds.episodes()[e];
+            s..=t
+        })
+        .collect();
+    let norm = normalization_for(
+        ds,
+        head_cfg.proprio_dim,
+        TRAINED_PROPRIO_ENCODING,
+        opts.config.action_normalization,
+        Some(&label_frames),
+    )?;
+    let s = spec.steps_per_latent;
+    let train = head_windows(ds, &encoded, Some(&labelled), head_cfg, &norm, s)?;
+    let val = match (&opts.val_dataset, &split.val_ds) {
+        (Some(v), Some(vds)) => {
+            let venc = encoded_dataset(
+                v,
+                src,
+                window,
+                None,
+                256,
+                Some(&run_dir.join("val_feature_cache.safetensors")),
+                opts.run.progress,
+                dev,
+            )?;
+            head_windows(vds, &venc, None, head_cfg, &norm, s)?
+        }
+        _ => head_windows(ds, &encoded, Some(&split.val_eps), head_cfg, &norm, s)?,
+    };
+    if train.is_empty() {
+        bail!(
+            "{}: the labelled episodes {labelled:?} hold no window of {} frames",
+            opts.dataset.display(),
+            s + 1
+        );
+    }
+    Ok(HeadData {
+        labelled,
+        norm,
+        train,
+        val,
+    })
+}
+
+/// The bundle: the source bundle's dLDM and AR with the trained head.
+fn assemble_head_bundle(
+    opts: &HeadTrainOptions,
+    yaml: &Path,
+    spec: &PolicySpec,
+    head_cfg: HeadConfig,
+    norm: Normalization,
+    head_path: PathBuf,
+) -> Result<PathBuf> {
+    let policy_dir = yaml.parent().map(Path::to_path_buf).unwrap_or_default();
     let c = &spec.components;
-    let bundle = assemble_bundle(
+    assemble_bundle(
         &opts.out,
         &BundleParts {
             name: opts
@@ -639,8 +711,22 @@ pub fn finetune_head(opts: &HeadTrainOptions) -> Result<HeadTrainResult> {
             ar: ComponentSource::from_spec(c.ar.config.clone(), &policy_dir, &c.ar.weights),
             head: ComponentSource::safetensors(head_cfg, head_path),
         },
-    )?;
-    let metrics = HeadMetrics {
+    )
+}
+
+/// `metrics.json`: losses, validation errors and what the head saw.
+fn head_metrics(
+    opts: &HeadTrainOptions,
+    stage: &HeadStage,
+    report: &TrainReport,
+    split: &EpisodeSplit,
+    labelled: Vec<usize>,
+) -> Result<HeadMetrics> {
+    let train_eval = stage
+        .evaluate(stage.train_windows())?
+        .expect("train windows are not empty");
+    let val_eval = stage.evaluate(stage.val_windows())?;
+    Ok(HeadMetrics {
         train_loss: train_eval.loss,
         initial_train_loss: report.first_loss,
         val_loss: val_eval.as_ref().map(|e| e.loss),
@@ -654,21 +740,12 @@ pub fn finetune_head(opts: &HeadTrainOptions) -> Result<HeadTrainResult> {
         label_windows: stage.train_windows().len(),
         label_episodes: labelled.len(),
         label_episode_ids: labelled,
-        train_pool_episodes: pool.len(),
+        train_pool_episodes: split.pool.len(),
         val_windows: stage.val_windows().len(),
-        val_episodes: val_eps.len(),
-        val_episode_ids: val_eps,
+        val_episodes: split.val_eps.len(),
+        val_episode_ids: split.val_eps.clone(),
         val_separate_dataset: opts.val_dataset.is_some(),
         steps: report.steps_done,
         train_seconds: report.seconds,
-    };
-    write_atomic(
-        &opts.out.join("metrics.json"),
-        serde_json::to_string_pretty(&metrics)?.as_bytes(),
-    )?;
-    Ok(HeadTrainResult {
-        report,
-        metrics: Some(metrics),
-        bundle: Some(bundle),
     })
 }
