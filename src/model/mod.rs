@@ -12,6 +12,9 @@ pub mod fsq;
 pub mod head;
 pub mod layers;
 pub mod nn;
+/// Test support: writes ONNX heads for the gate's tests; the product only reads them.
+#[doc(hidden)]
 pub mod onnx_export;
+pub mod onnx_gate;
 pub mod onnx_head;
 pub mod patcher;
