@@ -17,7 +17,7 @@ use crate::safety::{
     ActionRequest, GripperState, SafeCommand, SafetyConfig, SafetyEvent, SafetyLayer, TcpPose,
 };
 use crate::teleop::arbiter::{Arbiter, Decision, Switch};
-use crate::teleop::operator::OperatorFeed;
+use crate::teleop::operator::{OperatorCommand, OperatorFeed};
 
 /// An action chunk and its time of validity: what a policy hands the actuator.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,6 +99,33 @@ pub fn sim_action(cmd: Option<&SafeCommand>, tcp: &TcpPose, gripper: f64) -> [f6
 pub fn event_name(e: &SafetyEvent) -> String {
     let name = format!("{:?}", e.kind);
     name.split([' ', '{', '(']).next().unwrap_or("").to_string()
+}
+
+/// One arbitrated tick: the arbiter decides who drives at `now` (s) given the
+/// operator's message, and the choice goes through the safety layer: the
+/// policy's request `policy`, the operator's command (CALVIN relative units,
+/// holding the current gripper when it names none), or a hold. Returns the
+/// decision, a change of driver, and the layer's command (`None`: quiet).
+/// The runtime's [`Actuator`] and the teleop comparison both tick this.
+pub fn arbitrate(
+    safety: &mut SafetyLayer,
+    arbiter: &mut Arbiter,
+    now: f64,
+    policy: Option<&ActionRequest>,
+    operator: Option<OperatorCommand>,
+) -> (Decision, Option<Switch>, Option<SafeCommand>) {
+    let gripper = safety.gripper();
+    let (decision, switch) = arbiter.tick(now, operator, gripper);
+    let command = match decision {
+        Decision::Policy => safety.process(now, policy),
+        Decision::Operator(c) => {
+            let a = c.calvin_action(gripper.as_calvin());
+            let op = ActionRequest::from_calvin_relative(c.t, a, REL_XYZ_M, REL_EULER_RAD);
+            safety.process(now, Some(&op))
+        }
+        Decision::Hold(cause) => safety.process_hold(now, cause.event_kind()),
+    };
+    (decision, switch, command)
 }
 
 /// Chunk playing + teleop arbitration + safety layer, one tick at a time.
@@ -202,8 +229,9 @@ impl Actuator {
         let Some((arbiter, feed)) = &mut self.teleop else {
             return self.safety.process(now, req.as_ref());
         };
-        let gripper = self.safety.gripper();
-        let (decision, switch) = arbiter.tick(now, feed.poll(now), gripper);
+        let operator = feed.poll(now);
+        let (decision, switch, command) =
+            arbitrate(&mut self.safety, arbiter, now, req.as_ref(), operator);
         let stats = self.teleop_stats.get_or_insert_with(Default::default);
         match switch {
             Some(Switch::TakeOver) => stats.interventions += 1,
@@ -211,21 +239,11 @@ impl Actuator {
             None => {}
         }
         match decision {
-            Decision::Policy => {
-                stats.policy_ticks += 1;
-                self.safety.process(now, req.as_ref())
-            }
-            Decision::Operator(c) => {
-                stats.operator_ticks += 1;
-                let a = c.calvin_action(gripper.as_calvin());
-                let op = ActionRequest::from_calvin_relative(c.t, a, REL_XYZ_M, REL_EULER_RAD);
-                self.safety.process(now, Some(&op))
-            }
-            Decision::Hold(cause) => {
-                stats.held_ticks += 1;
-                self.safety.process_hold(now, cause.event_kind())
-            }
+            Decision::Policy => stats.policy_ticks += 1,
+            Decision::Operator(_) => stats.operator_ticks += 1,
+            Decision::Hold(_) => stats.held_ticks += 1,
         }
+        command
     }
 
     /// E-stop: latches the layer and returns the holds it sends before going

@@ -20,7 +20,7 @@ use crate::eval::sentences::validation_sentence;
 use crate::io::env_adapter::EnvAdapter;
 use crate::io::robot::tcp_from_robot_obs;
 use crate::io::Observation;
-use crate::runtime::actuate::event_name;
+use crate::runtime::actuate::{arbitrate, event_name};
 use crate::safety::{
     ActionRequest, CommandKind, GripperState, SafeCommand, SafetyConfig, SafetyEvent, SafetyLayer,
     TcpPose,
@@ -285,24 +285,20 @@ impl Pipeline {
         self.safety.on_frame(t);
         self.safety.on_proprio(t, tcp);
         let gripper = self.safety.gripper();
-        let (decision, switch) = self.arbiter.tick(t, operator, gripper);
-        let (issuer, hold_cause, command) = match decision {
-            Decision::Policy => {
-                // A party that has not planned yet (or a missing policy) holds.
-                let req = policy
-                    .map(|a| ActionRequest::from_calvin_relative(t, a, REL_XYZ_M, REL_EULER_RAD));
-                (Issuer::Policy, None, self.safety.process(t, req.as_ref()))
-            }
-            Decision::Operator(c) => {
-                let a = c.calvin_action(gripper.as_calvin());
-                let req = ActionRequest::from_calvin_relative(c.t, a, REL_XYZ_M, REL_EULER_RAD);
-                (Issuer::Operator, None, self.safety.process(t, Some(&req)))
-            }
-            Decision::Hold(cause) => (
-                Issuer::Arbiter,
-                Some(cause),
-                self.safety.process_hold(t, cause.event_kind()),
-            ),
+        // A party that has not planned yet (or a missing policy) holds.
+        let req =
+            policy.map(|a| ActionRequest::from_calvin_relative(t, a, REL_XYZ_M, REL_EULER_RAD));
+        let (decision, switch, command) = arbitrate(
+            &mut self.safety,
+            &mut self.arbiter,
+            t,
+            req.as_ref(),
+            operator,
+        );
+        let (issuer, hold_cause) = match decision {
+            Decision::Policy => (Issuer::Policy, None),
+            Decision::Operator(_) => (Issuer::Operator, None),
+            Decision::Hold(cause) => (Issuer::Arbiter, Some(cause)),
         };
         // A quiet layer: the simulated arm gets no motion.
         let executed =
