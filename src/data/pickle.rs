@@ -1,5 +1,7 @@
 //! A small, focused Python pickle reader and writer for numpy object arrays (the payload of
 //! `np.save(path, some_dict)`), as used by CALVIN's `auto_lang_ann.npy`.
+//! Hand-written because no crate does the job: `serde-pickle` refuses the numpy globals
+//! (`_reconstruct`, `dtype`, `_frombuffer`) these files are made of, and writes none.
 //!
 //! The reader is a stack machine over the opcodes that Python's pickler emits for dicts,
 //! lists, tuples, strings, numbers, bytes and numpy arrays/dtypes/scalars (protocols 2 to 5).

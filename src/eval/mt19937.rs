@@ -3,6 +3,9 @@
 //! with `init_genrand` seeding, `random_interval` (masked rejection sampling,
 //! the core of `shuffle`/`permutation`/`choice(replace=False)`) and
 //! `uniform` (53-bit doubles from two 32-bit draws).
+//! Hand-written because no crate does the job: MT19937 crates give the raw
+//! generator, not numpy's legacy draws on top of it, which must match bit for
+//! bit for the official chains.
 
 const N: usize = 624;
 const M: usize = 397;
