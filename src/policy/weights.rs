@@ -6,7 +6,7 @@
 //! ## Key names
 //! Our dLDM's parameter names are the official VideoWorld 2 names below the
 //! checkpoint's `network.` prefix (`encoder.*` with the QFormer inside it,
-//! `quant_conv.*`, `post_quant_conv.*`, `decoder.*`; `shared/design` has the full
+//! `quant_conv.*`, `post_quant_conv.*`, `decoder.*`; `tests/official_dldm.rs` checks the full
 //! list). A file whose keys carry `network.` (an official checkpoint, `.pt` or
 //! `.safetensors`) is read with the prefix stripped, and its keys without the
 //! prefix (optimizer, EMA, trainer state) are outside the model: skipped and
