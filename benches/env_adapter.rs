@@ -6,8 +6,8 @@
 use std::process::Command;
 use std::time::Instant;
 
-use vw2_policy::data::record::sample_task;
 use vw2_policy::io::env_adapter::{EnvAdapter, EnvConfig};
+use vw2_policy::io::record::sample_task;
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();

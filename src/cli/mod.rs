@@ -364,7 +364,7 @@ pub fn run(cli: Cli) -> Result<()> {
         } => {
             let mut env = crate::io::env_adapter::EnvConfig::new(&backend);
             env.args = sim_args;
-            let opts = crate::data::record::RecordOptions {
+            let opts = crate::io::record::RecordOptions {
                 episodes,
                 seed,
                 max_steps,
@@ -373,7 +373,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 ..Default::default()
             };
-            let summary = crate::data::record::record(&env, &out, &opts)?;
+            let summary = crate::io::record::record(&env, &out, &opts)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }

@@ -10,7 +10,6 @@ pub mod calvin;
 pub mod npy;
 pub mod npz;
 pub mod pickle;
-pub mod record;
 
 pub use calvin::{
     CalvinDataset, CalvinFrame, CalvinWriter, LangAnnotations, LangEntry, NormStats, Statistics,

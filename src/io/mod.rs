@@ -2,6 +2,7 @@
 //! simulator in a child process.
 
 pub mod env_adapter;
+pub mod record;
 pub mod robot;
 
 /// An 8-bit RGB image, row-major `H × W × 3` (the dataset module's image type).

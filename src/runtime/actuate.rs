@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Result};
 
 use super::pipeline::{TeleopLink, TeleopStats};
-use crate::data::record::{REL_EULER_RAD, REL_XYZ_M};
+use crate::base::units::{REL_EULER_RAD, REL_XYZ_M};
 use crate::model::head::ACTION_DIM;
 use crate::policy::Plan;
 use crate::safety::{

@@ -7,9 +7,9 @@ use super::limiter::wrap_pi;
 use super::Seconds;
 
 /// CALVIN's relative-action scale for x, y, z: 1.0 action unit = 0.02 m.
-pub const CALVIN_SCALE_XYZ_M: f64 = 0.02;
+pub const CALVIN_SCALE_XYZ_M: f64 = crate::base::units::REL_XYZ_M;
 /// CALVIN's relative-action scale for roll, pitch, yaw: 1.0 action unit = 0.05 rad.
-pub const CALVIN_SCALE_EULER_RAD: f64 = 0.05;
+pub const CALVIN_SCALE_EULER_RAD: f64 = crate::base::units::REL_EULER_RAD;
 
 /// Pose of the tool centre point (TCP) in the robot base frame.
 #[derive(Debug, Clone, Copy, PartialEq)]

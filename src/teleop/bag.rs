@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
 
-use crate::data::record::{REL_EULER_RAD, REL_XYZ_M};
+use crate::base::units::{REL_EULER_RAD, REL_XYZ_M};
 use crate::io::RgbImage;
 
 const TIME_MSG: &str = "int32 sec\nuint32 nanosec\n";

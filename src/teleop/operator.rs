@@ -9,7 +9,7 @@ use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::data::record::{REL_EULER_RAD, REL_XYZ_M};
+use crate::base::units::{REL_EULER_RAD, REL_XYZ_M};
 use crate::io::env_adapter::EnvAdapter;
 use crate::io::Observation;
 

@@ -23,7 +23,7 @@ use super::session::{Issuer, SubtaskRun, TickLog, TickSink};
 use super::Mode;
 use crate::data::calvin::CalvinWriter;
 use crate::data::npy::NpyArray;
-use crate::data::record::frame_from;
+use crate::io::record::frame_from;
 use crate::io::{Observation, RgbImage};
 
 /// File with every tick of a run, one JSON object per line.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::arbiter::{Arbiter, Control, Decision, HoldCause, Switch, TakeoverConfig};
 use super::operator::{Operator, OperatorCommand, OperatorContext};
 use super::{Driver, Mode};
-use crate::data::record::{REL_EULER_RAD, REL_XYZ_M};
+use crate::base::units::{REL_EULER_RAD, REL_XYZ_M};
 use crate::eval::chains::Chain;
 use crate::eval::policy::EvalPolicy;
 use crate::eval::sentences::validation_sentence;

@@ -15,14 +15,10 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use rmpv::Value;
 
-use super::calvin::{CalvinFrame, CalvinWriter};
-use crate::io::env_adapter::{field, EnvAdapter, EnvConfig};
-use crate::io::Observation;
-
-/// Metres per unit of CALVIN relative xyz action.
-pub const REL_XYZ_M: f64 = 0.02;
-/// Radians per unit of CALVIN relative euler action.
-pub const REL_EULER_RAD: f64 = 0.05;
+use super::env_adapter::{field, EnvAdapter, EnvConfig};
+use super::Observation;
+pub use crate::base::units::{REL_EULER_RAD, REL_XYZ_M};
+use crate::data::calvin::{CalvinFrame, CalvinWriter};
 
 /// What to record.
 #[derive(Debug, Clone)]
