@@ -10,7 +10,7 @@ use crate::io::env_adapter::EnvAdapter;
 use crate::io::{Observation, RgbImage};
 use crate::policy::Plan;
 use crate::policy::{LoadedPolicy, Policy, PolicyOptions};
-use crate::runtime::actuate::Chunk;
+use crate::runtime::actuate::{ActionScale, Chunk};
 use crate::runtime::{DecoderRenderer, Renderer};
 
 /// A 7-D CALVIN action: xyz, euler xyz, gripper (exactly −1 close / +1 open).
@@ -40,6 +40,10 @@ pub trait EvalPolicy: Send {
     /// that act at any rate.
     fn control_rate_hz(&self) -> Option<f64> {
         None
+    }
+    /// What one unit of the chunks' relative actions means (CALVIN's by default).
+    fn action_scale(&self) -> ActionScale {
+        ActionScale::default()
     }
     /// Policies with a world model: when the last [`EvalPolicy::step`] made a
     /// new plan, the frames it imagines for the planned latent step (an RGB
@@ -270,6 +274,10 @@ impl EvalPolicy for Vw2EvalPolicy {
 
     fn control_rate_hz(&self) -> Option<f64> {
         Some(self.control_hz)
+    }
+
+    fn action_scale(&self) -> ActionScale {
+        ActionScale::of(&self.policy.bundle().spec.action_space)
     }
 
     fn imagined(&mut self) -> Result<Option<(RgbImage, usize)>> {

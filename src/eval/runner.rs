@@ -235,7 +235,8 @@ fn rollout(
         Some(hz) => hz,
         None => env_rate,
     };
-    let mut actuator = Actuator::new(safety.clone(), rate, None).map_err(RolloutError::Policy)?;
+    let mut actuator = Actuator::new(safety.clone(), rate, policy.action_scale(), None)
+        .map_err(RolloutError::Policy)?;
     let mut obs = env.reset(Some(&chain.robot_obs), Some(&chain.scene_obs))?;
     policy.begin_chain(index).map_err(classify)?;
     let gripper0 = GripperState::from_signal(obs.robot_obs.get(14).copied().unwrap_or(1.0));

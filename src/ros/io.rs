@@ -616,6 +616,9 @@ impl Planner for SharedPlanner {
             .expect("planner poisoned")
             .control_rate_hz()
     }
+    fn action_scale(&self) -> crate::runtime::actuate::ActionScale {
+        self.inner.lock().expect("planner poisoned").action_scale()
+    }
     fn observe(&mut self, frame: &RgbImage, proprio: &[f64], t: f64) -> Result<Option<Plan>> {
         let t0 = std::time::Instant::now();
         let out = self

@@ -68,15 +68,45 @@ impl Chunk {
         })
     }
 
-    /// The safety layer's request for control time `now` (s).
-    pub fn request_at(&self, now: f64, rate_hz: f64) -> Option<ActionRequest> {
+    /// The safety layer's request for control time `now` (s); relative rows
+    /// are scaled by the policy's `scale` (m and rad per unit).
+    pub fn request_at(&self, now: f64, rate_hz: f64, scale: ActionScale) -> Option<ActionRequest> {
         let a = self.action_at(now, rate_hz)?;
         Some(if self.relative {
-            ActionRequest::from_calvin_relative(self.t, a, REL_XYZ_M, REL_EULER_RAD)
+            ActionRequest::from_calvin_relative(self.t, a, scale.xyz_m, scale.euler_rad)
         } else {
             let pose = TcpPose::new([a[0], a[1], a[2]], [a[3], a[4], a[5]]);
             ActionRequest::absolute(self.t, pose, a[6])
         })
+    }
+}
+
+/// What one unit of a policy's relative action means: the bundle's
+/// `action_space` scales (CALVIN's by default).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ActionScale {
+    /// Metres per unit of relative x, y, z.
+    pub xyz_m: f64,
+    /// Radians per unit of relative roll, pitch, yaw.
+    pub euler_rad: f64,
+}
+
+impl Default for ActionScale {
+    fn default() -> Self {
+        Self {
+            xyz_m: REL_XYZ_M,
+            euler_rad: REL_EULER_RAD,
+        }
+    }
+}
+
+impl ActionScale {
+    /// The scales of a bundle's action space.
+    pub fn of(space: &crate::policy::bundle::ActionSpace) -> Self {
+        Self {
+            xyz_m: space.scale_xyz_m,
+            euler_rad: space.scale_euler_rad,
+        }
     }
 }
 
@@ -132,6 +162,7 @@ pub fn arbitrate(
 pub struct Actuator {
     safety: SafetyLayer,
     rate: f64,
+    scale: ActionScale,
     chunk: Option<Chunk>,
     teleop: Option<(Arbiter, Arc<dyn OperatorFeed>)>,
     teleop_stats: Option<TeleopStats>,
@@ -149,9 +180,15 @@ impl std::fmt::Debug for Actuator {
 }
 
 impl Actuator {
-    /// An actuator at the policy bundle's control rate `rate_hz` (Hz) under the
-    /// `safety` envelope (its rate is filled from `rate_hz`, or must agree).
-    pub fn new(safety: SafetyConfig, rate_hz: f64, teleop: Option<&TeleopLink>) -> Result<Self> {
+    /// An actuator at the policy bundle's control rate `rate_hz` (Hz) and
+    /// action `scale` under the `safety` envelope (its rate is filled from
+    /// `rate_hz`, or must agree).
+    pub fn new(
+        safety: SafetyConfig,
+        rate_hz: f64,
+        scale: ActionScale,
+        teleop: Option<&TeleopLink>,
+    ) -> Result<Self> {
         let safety = safety
             .with_control_rate(rate_hz, "the policy")
             .map_err(|e| anyhow!("safety config: {e}"))?;
@@ -160,6 +197,7 @@ impl Actuator {
         Ok(Self {
             safety,
             rate: rate_hz,
+            scale,
             chunk: None,
             teleop: teleop.map(|t| (Arbiter::new(t.control, t.takeover, stale), t.feed.clone())),
             teleop_stats: None,
@@ -225,7 +263,7 @@ impl Actuator {
         let req = self
             .chunk
             .as_ref()
-            .and_then(|c| c.request_at(now, self.rate));
+            .and_then(|c| c.request_at(now, self.rate, self.scale));
         let Some((arbiter, feed)) = &mut self.teleop else {
             return self.safety.process(now, req.as_ref());
         };
@@ -308,5 +346,35 @@ mod tests {
             ..c
         };
         assert!(empty.action_at(1.0, 30.0).is_none());
+    }
+
+    #[test]
+    fn the_bundles_action_scale_is_what_reaches_the_simulator() {
+        // A bundle whose relative unit is 0.01 m / 0.025 rad (half CALVIN's):
+        // one unit of its action is half a unit of the simulator's.
+        let scale = ActionScale {
+            xyz_m: 0.01,
+            euler_rad: 0.025,
+        };
+        let mut act = Actuator::new(SafetyConfig::calvin_default(), 30.0, scale, None).unwrap();
+        let tcp = TcpPose::new([0.0, -0.1, 0.5], [std::f64::consts::PI, 0.0, 1.5]);
+        act.reset(0.0, tcp, GripperState::Open).unwrap();
+        let mut obs = vec![0.0; 15];
+        obs[..3].copy_from_slice(&[0.0, -0.1, 0.5]);
+        obs[3..6].copy_from_slice(&[std::f64::consts::PI, 0.0, 1.5]);
+        act.observe(0.0, &obs);
+        act.set_chunk(Chunk::single(
+            0.0,
+            [1.0, -0.5, 0.0, 1.0, 0.0, 0.0, 1.0],
+            true,
+        ));
+        let cmd = act.tick(0.0).unwrap();
+        assert!((cmd.target.position.x - 0.01).abs() < 1e-12);
+        let a = sim_action(Some(&cmd), &tcp, 1.0);
+        let want = [0.5, -0.25, 0.0, 0.5, 0.0, 0.0, 1.0];
+        for (x, w) in a.iter().zip(want) {
+            assert!((x - w).abs() < 1e-9, "{a:?}");
+        }
+        assert!(act.take_events().is_empty());
     }
 }

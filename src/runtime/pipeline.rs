@@ -170,7 +170,12 @@ pub fn run(
     );
     let initial_tcp = io.initial_tcp();
     let (source, sink) = io.split();
-    let mut actuator = Actuator::new(cfg.safety.clone(), rate, cfg.teleop.as_ref())?;
+    let mut actuator = Actuator::new(
+        cfg.safety.clone(),
+        rate,
+        planner.action_scale(),
+        cfg.teleop.as_ref(),
+    )?;
     actuator.reset(
         if lockstep { 0.0 } else { now_s() },
         initial_tcp,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 
+use super::actuate::ActionScale;
 use crate::io::RgbImage;
 use crate::model::dldm::Dldm;
 use crate::model::head::ACTION_DIM;
@@ -21,6 +22,10 @@ pub trait Planner: Send {
     fn image_size(&self) -> [usize; 2];
     /// The control rate the policy was trained at (Hz): the run's rate.
     fn control_rate_hz(&self) -> f64;
+    /// What one unit of the plans' relative actions means (CALVIN's by default).
+    fn action_scale(&self) -> ActionScale {
+        ActionScale::default()
+    }
     /// One frame (RGB at `image_size`), proprio and its capture time (s).
     fn observe(&mut self, frame: &RgbImage, proprio: &[f64], t: f64) -> Result<Option<Plan>>;
 }
@@ -34,6 +39,9 @@ impl Planner for Policy {
     }
     fn control_rate_hz(&self) -> f64 {
         self.bundle().spec.control_rate_hz
+    }
+    fn action_scale(&self) -> ActionScale {
+        ActionScale::of(&self.bundle().spec.action_space)
     }
     fn observe(&mut self, frame: &RgbImage, proprio: &[f64], t: f64) -> Result<Option<Plan>> {
         Policy::observe(self, frame, proprio, t)
