@@ -658,20 +658,18 @@ fn gauss(rng: &mut impl Rng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
-/// Writes tensors to `path` as safetensors, via a temp file and a rename.
+/// The safetensors bytes of `tensors` (keys in order).
+pub fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>) -> candle_core::Result<Vec<u8>> {
+    safetensors::serialize(tensors.iter(), None)
+        .map_err(|e| err(format!("cannot serialize safetensors: {e}")))
+}
+
+/// Writes tensors to `path` as safetensors, atomically ([`crate::base::fs::write_atomic`]:
+/// temp file, fsync, rename).
 pub fn save_safetensors_atomic(
     tensors: &BTreeMap<String, Tensor>,
     path: &Path,
 ) -> candle_core::Result<()> {
-    let tmp = tmp_path(path);
-    let map: HashMap<String, Tensor> = tensors
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    candle_core::safetensors::save(&map, &tmp)?;
-    std::fs::rename(&tmp, path)
-        .map_err(|e| err(format!("{}: cannot rename into place: {e}", path.display())))?;
-    Ok(())
+    let bytes = safetensors_bytes(tensors)?;
+    crate::base::fs::write_atomic(path, &bytes).map_err(|e| err(format!("{e:#}")))
 }
-
-use crate::base::fs::tmp_path;

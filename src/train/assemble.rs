@@ -111,12 +111,8 @@ pub fn copy_atomic(src: &Path, dst: &Path) -> Result<()> {
     if same_file(src, dst) {
         return Ok(());
     }
-    let tmp = crate::base::fs::tmp_path(dst);
-    std::fs::copy(src, &tmp)
-        .with_context(|| format!("cannot copy {} to {}", src.display(), tmp.display()))?;
-    std::fs::rename(&tmp, dst)
-        .with_context(|| format!("{}: cannot rename into place", dst.display()))?;
-    Ok(())
+    let bytes = std::fs::read(src).with_context(|| format!("{}: cannot read", src.display()))?;
+    crate::base::fs::write_atomic(dst, &bytes)
 }
 
 fn place<C>(out: &Path, stem: &str, src: &ComponentSource<C>) -> Result<WeightsSpec> {

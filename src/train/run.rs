@@ -18,7 +18,7 @@
 //! `StdRng` seeded from `(seed, e)`, and update `i` takes batch `i mod B` of
 //! epoch `i div B` (B batches per epoch). The step counter says it all.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -136,16 +136,9 @@ pub fn batch_for_step(items: usize, batch_size: usize, seed: u64, step: u64) -> 
 pub use crate::base::fs::write_atomic;
 
 fn save_tensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-    let map: HashMap<String, Tensor> = tensors
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    candle_core::safetensors::save(&map, path)
+    let bytes = crate::policy::weights::safetensors_bytes(tensors)
         .with_context(|| format!("{}: cannot write", path.display()))?;
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("{}: cannot sync", path.display()))?;
-    Ok(())
+    write_atomic(path, &bytes)
 }
 
 fn load_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
