@@ -134,18 +134,5 @@ impl NumpyRandomState {
     }
 }
 
-/// FNV-1 (multiply, then xor), 32 bits, over `bytes`, starting from `seed`.
-/// CALVIN's `pyhash.fnv1_32()` hasher uses seed 0 (not the FNV offset basis).
-pub fn fnv1_32(bytes: &[u8], seed: u32) -> u32 {
-    let mut h = seed;
-    for &b in bytes {
-        h = h.wrapping_mul(0x0100_0193);
-        h ^= b as u32;
-    }
-    h
-}
-
-/// pyhash's view of a Python `str`: its UTF-16-LE bytes.
-pub fn utf16le(s: &str) -> Vec<u8> {
-    s.encode_utf16().flat_map(u16::to_le_bytes).collect()
-}
+/// The chain-seed hashes, kept here under their old path.
+pub use crate::base::hash::{fnv1_32, utf16le};

@@ -17,7 +17,7 @@ pub fn embed_instruction(text: &str, dim: usize) -> Vec<f32> {
         .map(|w| w.to_lowercase())
         .collect();
     let mut add = |token: &str| {
-        let h = fnv1a(token.as_bytes());
+        let h = crate::base::hash::fnv1a_32(token.as_bytes());
         let bucket = (h % dim as u32) as usize;
         let sign = if (h >> 31) & 1 == 1 { -1.0 } else { 1.0 };
         v[bucket] += sign;
@@ -45,15 +45,6 @@ pub fn instruction_tensor(
     candle_core::Tensor::from_vec(embed_instruction(text, dim), (1, dim), device)
 }
 
-fn fnv1a(bytes: &[u8]) -> u32 {
-    let mut h: u32 = 0x811c9dc5;
-    for &b in bytes {
-        h ^= b as u32;
-        h = h.wrapping_mul(0x01000193);
-    }
-    h
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,13 +58,5 @@ mod tests {
         assert!((n - 1.0).abs() < 1e-5);
         assert_ne!(a, embed_instruction("close the drawer", 32));
         assert!(embed_instruction("", 8).iter().all(|&x| x == 0.0));
-    }
-
-    #[test]
-    fn fnv1a_reference_values() {
-        // Published FNV-1a 32-bit test vectors.
-        assert_eq!(fnv1a(b""), 0x811c9dc5);
-        assert_eq!(fnv1a(b"a"), 0xe40c292c);
-        assert_eq!(fnv1a(b"foobar"), 0xbf9cf968);
     }
 }
