@@ -866,3 +866,32 @@ fn the_calvin_envelope_never_clips_a_valid_calvin_action() {
         measured = next;
     }
 }
+
+#[test]
+fn the_calvin_box_holds_every_position_the_arm_can_reach() {
+    // CALVIN clips no TCP target, so the envelope must not either: the box
+    // contains the 1.5 m ball around the Panda's base (scene D, PlayTable),
+    // and every orientation is free.
+    let cfg = SafetyConfig::calvin_default();
+    let base = [-0.34, -0.46, 0.24];
+    for i in 0..3 {
+        assert!(cfg.workspace_min[i] <= base[i] - 1.5, "axis {i}");
+        assert!(cfg.workspace_max[i] >= base[i] + 1.5, "axis {i}");
+        assert!(cfg.euler_max[i] - cfg.euler_min[i] >= 2.0 * PI, "angle {i}");
+    }
+    // A goal at the far end of the reach is not clamped.
+    let mut layer = SafetyLayer::new(cfg).unwrap();
+    let far = TcpPose::new([base[0], base[1] - 1.2, base[2] + 0.6], [PI, 1.5, -3.0]);
+    layer.reset(far, GripperState::Open, 0.0).unwrap();
+    layer.on_frame(0.0);
+    layer.on_proprio(0.0, far);
+    let req =
+        ActionRequest::from_calvin_relative(0.0, [0.0, -1.0, 1.0, 0.0, 1.0, 0.0, 1.0], 0.02, 0.05);
+    let cmd = layer.process(0.0, Some(&req)).unwrap();
+    let executed = cmd.relative_action(&far, 0.02, 0.05);
+    assert!(
+        (executed[1] + 1.0).abs() < 1e-9 && (executed[2] - 1.0).abs() < 1e-9,
+        "{executed:?}"
+    );
+    assert!(layer.drain_events().is_empty());
+}

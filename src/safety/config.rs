@@ -169,10 +169,14 @@ impl SafetyConfig {
     /// official protocol's numbers stay those of the policy.
     ///
     /// CALVIN reports the TCP in its world frame, which plays the role of the
-    /// base frame here; its workspace is well inside
-    /// x, y ∈ [−0.6, 0.6] m, z ∈ [0.2, 1.0] m (PlayTable's desk top is at
-    /// z = 0.44 m). Roll sits near ±π (gripper down) and yaw turns freely, so
-    /// both are left free (only wrapped); pitch ∈ [−1.2, 1.2] rad. A relative
+    /// base frame here. calvin_env clips no TCP target to a workspace, so
+    /// neither does this envelope: the box holds every TCP position the arm
+    /// can reach (the Panda's base sits at (−0.34, −0.46, 0.24) m in CALVIN's
+    /// scene D and PlayTable, and its TCP stays within 1.5 m of it: the
+    /// shoulder is 0.333 m above the base, the stretched arm and hand about
+    /// 1.1 m): x ∈ [−1.9, 1.2] m, y ∈ [−2.0, 1.1] m, z ∈ [−1.3, 1.8] m; it catches
+    /// only goals no arm could take. Roll, pitch and yaw are left free (only
+    /// wrapped). A relative
     /// action is added to the measured pose, but the layer steps from its
     /// last target, which the simulated arm lags by its tracking error; the
     /// limits let one tick cover a full CALVIN step (0.02 m, 0.05 rad) plus
@@ -189,10 +193,10 @@ impl SafetyConfig {
     /// is not at.
     pub fn calvin_default() -> Self {
         Self {
-            workspace_min: [-0.6, -0.6, 0.2],
-            workspace_max: [0.6, 0.6, 1.0],
-            euler_min: [-PI, -1.2, -PI],
-            euler_max: [PI, 1.2, PI],
+            workspace_min: [-1.9, -2.0, -1.3],
+            workspace_max: [1.2, 1.1, 1.8],
+            euler_min: [-PI, -PI, -PI],
+            euler_max: [PI, PI, PI],
             max_linear_speed: 3.0,
             max_angular_speed: 6.0,
             max_linear_accel: 300.0,
