@@ -874,9 +874,9 @@ fn the_calvin_box_holds_every_position_the_arm_can_reach() {
     // and every orientation is free.
     let cfg = SafetyConfig::calvin_default();
     let base = [-0.34, -0.46, 0.24];
-    for i in 0..3 {
-        assert!(cfg.workspace_min[i] <= base[i] - 1.5, "axis {i}");
-        assert!(cfg.workspace_max[i] >= base[i] + 1.5, "axis {i}");
+    for (i, b) in base.iter().enumerate() {
+        assert!(cfg.workspace_min[i] <= b - 1.5, "axis {i}");
+        assert!(cfg.workspace_max[i] >= b + 1.5, "axis {i}");
         assert!(cfg.euler_max[i] - cfg.euler_min[i] >= 2.0 * PI, "angle {i}");
     }
     // A goal at the far end of the reach is not clamped.
