@@ -303,7 +303,8 @@ fn check_results_layout(dir: &Path, n: usize) -> serde_json::Value {
         }
     }
     assert_eq!(e["safety_events"], serde_json::json!(events));
-    assert!(dir.join("results.txt").exists());
+    let txt = std::fs::read_to_string(dir.join("results.txt")).unwrap();
+    assert!(txt.contains("safety layer: "), "{txt}");
     r
 }
 

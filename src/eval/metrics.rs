@@ -197,6 +197,20 @@ impl Metrics {
             .map(|v| format!("{:>7.1}%", v * 100.0))
             .collect();
         let _ = writeln!(s, "{} | {:>9.3}", sr.join(" "), self.avg_seq_len);
+        let events: Vec<String> = self
+            .safety_events
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "safety layer: {}",
+            if events.is_empty() {
+                "no clamp or hold".to_string()
+            } else {
+                events.join(", ")
+            }
+        );
         let _ = writeln!(s);
         let _ = writeln!(
             s,
