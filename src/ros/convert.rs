@@ -79,11 +79,11 @@ pub fn twist_to_operator_command(
     ros_now_s: f64,
     mono_now_s: f64,
     rate_hz: f64,
-) -> crate::teleop::operator::OperatorCommand {
+) -> crate::runtime::operator::OperatorCommand {
     let stamp = (!stamp_is_zero(&m.header.stamp)).then(|| stamp_to_seconds(&m.header.stamp));
     let l = &m.twist.linear;
     let a = &m.twist.angular;
-    crate::teleop::operator::OperatorCommand::from_twist(
+    crate::runtime::operator::OperatorCommand::from_twist(
         frame_time_on_runtime_clock(stamp, ros_now_s, mono_now_s),
         [l.x, l.y, l.z],
         [a.x, a.y, a.z],

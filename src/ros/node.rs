@@ -51,10 +51,10 @@ use super::params::{CommandMode, GripperMode, NodeParams, TcpPoseFrame, TeleopMo
 use crate::base::clock::now_s;
 use crate::calibration::Calibration;
 use crate::policy::{LoadedPolicy, Policy, PolicyOptions};
+use crate::runtime::arbiter::{Control, TakeoverConfig};
+use crate::runtime::operator::OperatorInbox;
 use crate::runtime::{run, DecoderRenderer, Planner, Renderer, RunReport, RuntimeConfig};
 use crate::safety::{CommandKind, GripperState, SafeCommand};
-use crate::teleop::arbiter::{Control, TakeoverConfig};
-use crate::teleop::operator::OperatorInbox;
 
 use r2r::diagnostic_msgs::msg::DiagnosticArray;
 use r2r::geometry_msgs::msg::{PoseStamped, TwistStamped};

@@ -119,11 +119,11 @@ pub enum TeleopMode {
 }
 
 fn default_teleop_deadband() -> f64 {
-    crate::teleop::arbiter::TakeoverConfig::default().deadband
+    crate::runtime::arbiter::TakeoverConfig::default().deadband
 }
 
 fn default_teleop_release_s() -> f64 {
-    crate::teleop::arbiter::TakeoverConfig::default().release_s
+    crate::runtime::arbiter::TakeoverConfig::default().release_s
 }
 
 /// Topic names (relative names resolve in the node's namespace, `~/` in its name).
@@ -687,7 +687,7 @@ impl NodeParams {
         if self.tcp_pose_frame == TcpPoseFrame::Flange && self.calibration_path().is_none() {
             bail!("parameter `tcp_pose_frame`: `flange` needs a `calibration` (its tool_to_flange), found none");
         }
-        crate::teleop::arbiter::TakeoverConfig {
+        crate::runtime::arbiter::TakeoverConfig {
             deadband: self.teleop_deadband,
             release_s: self.teleop_release_s,
         }

@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 
+use super::arbiter::{Arbiter, Decision, Switch};
+use super::operator::{OperatorCommand, OperatorFeed};
 use super::pipeline::{TeleopLink, TeleopStats};
 use crate::base::units::{REL_EULER_RAD, REL_XYZ_M};
 use crate::model::head::ACTION_DIM;
@@ -16,8 +18,6 @@ use crate::policy::Plan;
 use crate::safety::{
     ActionRequest, GripperState, SafeCommand, SafetyConfig, SafetyEvent, SafetyLayer, TcpPose,
 };
-use crate::teleop::arbiter::{Arbiter, Decision, Switch};
-use crate::teleop::operator::{OperatorCommand, OperatorFeed};
 
 /// An action chunk and its time of validity: what a policy hands the actuator.
 #[derive(Debug, Clone, PartialEq)]

@@ -17,11 +17,13 @@
 //! bundle owns the control rate; [`run`] refuses a robot at another rate.
 
 pub mod actuate;
+pub mod arbiter;
 pub mod cli;
 /// The process clock lives in [`crate::base::clock`]; re-exported for the stages.
 pub use crate::base::clock;
 pub mod ingest;
 pub mod metrics;
+pub mod operator;
 pub mod pipeline;
 pub mod planner;
 mod queue;

@@ -14,7 +14,9 @@ use anyhow::{anyhow, Result};
 use serde::Serialize;
 
 use super::actuate::Actuator;
+use super::arbiter::{Control, TakeoverConfig};
 use super::metrics::{Histogram, Summary};
+use super::operator::OperatorFeed;
 use super::planner::{Planner, Renderer};
 use super::queue::DropOldest;
 use super::realtime::PhaseAligner;
@@ -27,8 +29,6 @@ use crate::io::robot::RobotIo;
 use crate::io::RgbImage;
 use crate::policy::Plan;
 use crate::safety::{GripperState, SafetyConfig};
-use crate::teleop::arbiter::{Control, TakeoverConfig};
-use crate::teleop::operator::OperatorFeed;
 
 /// Settings of one run.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ pub struct RuntimeConfig {
     pub teleop: Option<TeleopLink>,
 }
 
-/// The operator's side of a run: see [`crate::teleop::arbiter`].
+/// The operator's side of a run: see [`super::arbiter`].
 #[derive(Clone)]
 pub struct TeleopLink {
     /// How control is shared (shadow or takeover).

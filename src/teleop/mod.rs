@@ -17,7 +17,9 @@
 //! - [`report`]: `vw2 teleop report` (`report.json`, a self-contained `report.html`);
 //! - [`run`] and [`cli`]: the runs of the three modes and their subcommands.
 
-pub mod arbiter;
+/// The arbiter lives with the actuator that ticks it.
+pub use crate::runtime::arbiter;
+pub use crate::runtime::arbiter::Driver;
 pub mod bag;
 pub mod cli;
 pub mod gamepad;
@@ -53,14 +55,4 @@ impl Mode {
             Self::Paired => "paired",
         }
     }
-}
-
-/// Who drives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Driver {
-    /// The learned policy.
-    Policy,
-    /// The operator.
-    Operator,
 }

@@ -17,8 +17,17 @@
 use serde::{Deserialize, Serialize};
 
 use super::operator::OperatorCommand;
-use super::Driver;
 use crate::safety::{GripperState, InputKind, SafetyEventKind};
+
+/// Who drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Driver {
+    /// The learned policy.
+    Policy,
+    /// The operator.
+    Operator,
+}
 
 /// Takeover settings. YAML keys are the field names.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
