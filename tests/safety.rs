@@ -747,7 +747,14 @@ fn roll_interval_across_pi_wraps_instead_of_flipping() {
 
 #[test]
 fn no_request_keeps_approaching_a_fresh_goal_then_holds() {
-    let mut layer = calvin_layer();
+    // A speed limit that needs several ticks for the 0.2 m goal.
+    let slow = SafetyConfig {
+        max_linear_speed: 1.0,
+        ..last_target_calvin()
+    };
+    let mut layer = SafetyLayer::new(slow).unwrap();
+    layer.reset(home(), GripperState::Open, 0.0).unwrap();
+    layer.on_frame(0.0);
     let req = ActionRequest::relative(0.0, [0.2, 0.0, 0.0, 0.0, 0.0, 0.0], 1.0);
     let first = layer.process(0.0, Some(&req)).unwrap();
     let dt = 1.0 / 30.0;
@@ -893,5 +900,29 @@ fn the_calvin_box_holds_every_position_the_arm_can_reach() {
         (executed[1] + 1.0).abs() < 1e-9 && (executed[2] - 1.0).abs() < 1e-9,
         "{executed:?}"
     );
+    assert!(layer.drain_events().is_empty());
+}
+
+#[test]
+fn the_calvin_envelope_passes_euler_jumps_near_gimbal_lock() {
+    // Near pitch = π/2 a small turn swings roll and yaw by up to π between
+    // two measurements: a valid action from there must still pass unchanged.
+    let cfg = SafetyConfig::calvin_default();
+    let mut layer = SafetyLayer::new(cfg).unwrap();
+    let a = TcpPose::new([0.0, -0.1, 0.6], [3.0, 1.55, -2.9]);
+    let b = TcpPose::new([0.01, -0.1, 0.6], [-0.2, 1.56, 0.3]);
+    layer.reset(a, GripperState::Open, 0.0).unwrap();
+    let asked = [1.0, 0.0, -1.0, 1.0, -1.0, 1.0, -1.0];
+    for (k, measured) in [a, b, a, b].iter().enumerate() {
+        let t = k as f64 / 30.0;
+        layer.on_frame(t);
+        layer.on_proprio(t, *measured);
+        let req = ActionRequest::from_calvin_relative(t, asked, 0.02, 0.05);
+        let cmd = layer.process(t, Some(&req)).unwrap();
+        let executed = cmd.relative_action(measured, 0.02, 0.05);
+        for (e, w) in executed.iter().zip(asked) {
+            assert!((e - w).abs() < 1e-9, "tick {k}: {executed:?}");
+        }
+    }
     assert!(layer.drain_events().is_empty());
 }

@@ -176,12 +176,14 @@ impl SafetyConfig {
     /// shoulder is 0.333 m above the base, the stretched arm and hand about
     /// 1.1 m): x ∈ [−1.9, 1.2] m, y ∈ [−2.0, 1.1] m, z ∈ [−1.3, 1.8] m; it catches
     /// only goals no arm could take. Roll, pitch and yaw are left free (only
-    /// wrapped). A relative
-    /// action is added to the measured pose, but the layer steps from its
-    /// last target, which the simulated arm lags by its tracking error; the
-    /// limits let one tick cover a full CALVIN step (0.02 m, 0.05 rad) plus
-    /// 0.08 m / 0.15 rad of tracking error, and reverse it at once: 3 m/s,
-    /// 6 rad/s, 300 m/s², 600 rad/s². No gripper debounce (a CALVIN policy
+    /// wrapped). A relative action is added to the measured pose, but the
+    /// layer steps from its last target, which the simulated arm lags by its
+    /// tracking error, and Euler angles jump near gimbal lock (pitch ±π/2:
+    /// roll and yaw swing for a small turn). The limits let one tick cover a
+    /// full CALVIN step plus nearly 1 m of tracking error and any wrapped
+    /// angle change (≤ π), and reverse it at once: 30 m/s, 100 rad/s,
+    /// 1 800 m/s², 6 000 rad/s². (With 3 m/s and 6 rad/s, 100 acceptance
+    /// chains had 11 velocity-limited ticks in 39 094.) No gripper debounce (a CALVIN policy
     /// may flip it on any step), watchdog 0.25 s, 3 holds, at CALVIN's 30 Hz
     /// (a bundle trained at another rate is refused with it).
     ///
@@ -197,10 +199,10 @@ impl SafetyConfig {
             workspace_max: [1.2, 1.1, 1.8],
             euler_min: [-PI, -PI, -PI],
             euler_max: [PI, PI, PI],
-            max_linear_speed: 3.0,
-            max_angular_speed: 6.0,
-            max_linear_accel: 300.0,
-            max_angular_accel: 600.0,
+            max_linear_speed: 30.0,
+            max_angular_speed: 100.0,
+            max_linear_accel: 1800.0,
+            max_angular_accel: 6000.0,
             gripper_debounce_s: 0.0,
             stale_timeout_s: default_stale_timeout_s(),
             hold_repeats: default_hold_repeats(),
