@@ -151,6 +151,24 @@ pub fn tcp_from_robot_obs(robot_obs: &[f64]) -> TcpPose {
     TcpPose::new([g(0), g(1), g(2)], [g(3), g(4), g(5)])
 }
 
+/// The CALVIN relative action a simulator is stepped with for the safety
+/// layer's command `cmd`, from the measured pose `tcp`; when the layer is
+/// quiet, no motion with the `gripper` command (±1) it holds.
+pub fn sim_action(cmd: Option<&SafeCommand>, tcp: &TcpPose, gripper: f64) -> [f64; 7] {
+    match cmd {
+        Some(c) => c.relative_action(
+            tcp,
+            crate::base::units::REL_XYZ_M,
+            crate::base::units::REL_EULER_RAD,
+        ),
+        None => {
+            let mut a = [0.0; 7];
+            a[6] = gripper;
+            a
+        }
+    }
+}
+
 /// A simulator behind the env adapter, in lockstep: every command steps it once
 /// (1/30 s of sim time) and the resulting observation goes to the source.
 pub struct SimIo {
@@ -214,7 +232,7 @@ impl ObservationSource for SimSource {
 
 impl CommandSink for SimSink {
     fn send(&mut self, cmd: &SafeCommand) -> Result<()> {
-        let a = cmd.relative_action(&self.current, 0.02, 0.05);
+        let a = sim_action(Some(cmd), &self.current, cmd.gripper.as_calvin());
         let obs = self.env.step(&a, true)?;
         self.seq += 1;
         self.current = tcp_from_robot_obs(&obs.robot_obs);

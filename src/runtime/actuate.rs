@@ -13,6 +13,7 @@ use super::arbiter::{Arbiter, Decision, Switch};
 use super::operator::{OperatorCommand, OperatorFeed};
 use super::pipeline::{TeleopLink, TeleopStats};
 use crate::base::units::{REL_EULER_RAD, REL_XYZ_M};
+pub use crate::io::robot::sim_action;
 use crate::model::head::ACTION_DIM;
 use crate::policy::Plan;
 use crate::safety::{
@@ -106,20 +107,6 @@ impl ActionScale {
         Self {
             xyz_m: space.scale_xyz_m,
             euler_rad: space.scale_euler_rad,
-        }
-    }
-}
-
-/// The CALVIN relative action a simulator is stepped with for the safety
-/// layer's command `cmd`, from the measured pose `tcp`; when the layer is
-/// quiet, no motion with the `gripper` command (±1) it holds.
-pub fn sim_action(cmd: Option<&SafeCommand>, tcp: &TcpPose, gripper: f64) -> [f64; 7] {
-    match cmd {
-        Some(c) => c.relative_action(tcp, REL_XYZ_M, REL_EULER_RAD),
-        None => {
-            let mut a = [0.0; 7];
-            a[6] = gripper;
-            a
         }
     }
 }
