@@ -251,23 +251,19 @@ impl Actuator {
             .chunk
             .as_ref()
             .and_then(|c| c.request_at(now, self.rate, self.scale));
-        let Some((arbiter, feed)) = &mut self.teleop else {
-            return self.safety.process(now, req.as_ref());
+        let command = match &mut self.teleop {
+            None => self.safety.process(now, req.as_ref()),
+            Some((arbiter, feed)) => {
+                let operator = feed.poll(now);
+                let (decision, switch, command) =
+                    arbitrate(&mut self.safety, arbiter, now, req.as_ref(), operator);
+                let stats = self.teleop_stats.get_or_insert_with(Default::default);
+                stats.count(decision, switch);
+                command
+            }
         };
-        let operator = feed.poll(now);
-        let (decision, switch, command) =
-            arbitrate(&mut self.safety, arbiter, now, req.as_ref(), operator);
-        let stats = self.teleop_stats.get_or_insert_with(Default::default);
-        match switch {
-            Some(Switch::TakeOver) => stats.interventions += 1,
-            Some(Switch::HandBack) => stats.hand_backs += 1,
-            None => {}
-        }
-        match decision {
-            Decision::Policy => stats.policy_ticks += 1,
-            Decision::Operator(_) => stats.operator_ticks += 1,
-            Decision::Hold(_) => stats.held_ticks += 1,
-        }
+        // Counted as they happen: the layer's own buffer keeps only the newest 4 096.
+        self.collect_events();
         command
     }
 
@@ -282,6 +278,7 @@ impl Actuator {
                 None => break,
             }
         }
+        self.collect_events();
         out
     }
 
@@ -363,5 +360,26 @@ mod tests {
             assert!((x - w).abs() < 1e-9, "{a:?}");
         }
         assert!(act.take_events().is_empty());
+    }
+
+    #[test]
+    fn every_safety_event_is_counted_even_past_the_layers_buffer() {
+        // A box that clamps x on every tick, for more ticks than the layer buffers.
+        let mut cfg = SafetyConfig::calvin_default();
+        cfg.workspace_max[0] = 0.0;
+        let mut act = Actuator::new(cfg, 30.0, ActionScale::default(), None).unwrap();
+        let tcp = TcpPose::new([0.0, -0.1, 0.5], [std::f64::consts::PI, 0.0, 1.5]);
+        act.reset(0.0, tcp, GripperState::Open).unwrap();
+        let mut obs = vec![0.0; 15];
+        obs[..3].copy_from_slice(&[0.0, -0.1, 0.5]);
+        obs[3..6].copy_from_slice(&[std::f64::consts::PI, 0.0, 1.5]);
+        let n = 5000;
+        for k in 0..n {
+            let t = k as f64 / 30.0;
+            act.observe(t, &obs);
+            act.set_chunk(Chunk::single(t, [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], true));
+            assert!(act.tick(t).is_some());
+        }
+        assert_eq!(act.take_events().get("ClampedPosition"), Some(&n));
     }
 }

@@ -14,7 +14,7 @@ use anyhow::{anyhow, Result};
 use serde::Serialize;
 
 use super::actuate::Actuator;
-use super::arbiter::{Control, TakeoverConfig};
+use super::arbiter::{Control, Decision, Switch, TakeoverConfig};
 use super::metrics::{Histogram, Summary};
 use super::operator::OperatorFeed;
 use super::planner::{Planner, Renderer};
@@ -93,6 +93,22 @@ pub struct TeleopStats {
     pub interventions: u64,
     /// Hand-backs to the policy.
     pub hand_backs: u64,
+}
+
+impl TeleopStats {
+    /// Counts one arbitrated tick: who drove it, and a change of driver.
+    pub fn count(&mut self, decision: Decision, switch: Option<Switch>) {
+        match switch {
+            Some(Switch::TakeOver) => self.interventions += 1,
+            Some(Switch::HandBack) => self.hand_backs += 1,
+            None => {}
+        }
+        match decision {
+            Decision::Policy => self.policy_ticks += 1,
+            Decision::Operator(_) => self.operator_ticks += 1,
+            Decision::Hold(_) => self.held_ticks += 1,
+        }
+    }
 }
 
 impl RuntimeConfig {

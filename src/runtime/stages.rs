@@ -322,15 +322,18 @@ pub(crate) struct ActuateStage {
     pub pending_latency: Option<Instant>,
 }
 
-impl ActuateStage {
-    fn absorb(&mut self, upd: PlanUpdate) {
-        self.actuator.observe(upd.t, &upd.robot_obs);
-        if let Some(p) = upd.plan {
-            self.actuator.set_chunk(Chunk::of_plan(&p));
-            self.pending_latency = Some(upd.wall);
-        }
+/// An update from the plan stage reaches the actuator: the observation it
+/// derives from (camera liveness, measured pose) and, when it has one, its plan,
+/// whose frame's wall time waits in `pending` for the command that uses it.
+fn absorb(actuator: &mut Actuator, pending: &mut Option<Instant>, upd: PlanUpdate) {
+    actuator.observe(upd.t, &upd.robot_obs);
+    if let Some(p) = upd.plan {
+        actuator.set_chunk(Chunk::of_plan(&p));
+        *pending = Some(upd.wall);
     }
+}
 
+impl ActuateStage {
     /// One command at control time `now` (s); `false` when the safety layer is quiet.
     fn tick(&mut self, now: f64) -> Result<bool> {
         self.report.ticks += 1;
@@ -355,7 +358,7 @@ impl ActuateStage {
             return Ok(Flow::Done("end of stream"));
         };
         let t = upd.t;
-        self.absorb(upd);
+        absorb(&mut self.actuator, &mut self.pending_latency, upd);
         // A quiet safety layer: the robot will not advance.
         Ok(if self.tick(t)? {
             Flow::Continue
@@ -382,18 +385,15 @@ impl ActuateStage {
         let now = now_s();
         self.jitter.record(now - deadline);
         *k += 1;
-        let mut updates = vec![];
-        let mut saw_plan = false;
         loop {
             match self.input.try_recv() {
                 Ok(upd) => {
                     if upd.plan.is_some() {
                         // Before the first plan the arm only holds: align at once.
-                        let first = !self.actuator.has_chunk() && !saw_plan;
+                        let first = !self.actuator.has_chunk();
                         *start += phase.delay(deadline, seconds_at(upd.ready), first);
-                        saw_plan = true;
                     }
-                    updates.push(upd);
+                    absorb(&mut self.actuator, &mut self.pending_latency, upd);
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
@@ -404,9 +404,6 @@ impl ActuateStage {
         }
         let f = f64::from_bits(last_frame_t.load(Ordering::Acquire));
         let ended = *source_ended;
-        for upd in updates {
-            self.absorb(upd);
-        }
         if f.is_finite() {
             self.actuator.on_frame(f);
         }
