@@ -344,3 +344,50 @@ fn a_silent_operator_in_the_runtime_holds_and_stops() {
     assert!(t.held_ticks >= 3, "{t:?}");
     assert!(r.ticks < 40, "{}", r.ticks);
 }
+
+#[test]
+fn the_bundle_owns_the_control_rate() {
+    // A policy trained at 15 Hz on a 30 Hz robot: refused at start, naming both.
+    let mut planner = NullPlanner::new([32, 32], 4);
+    planner.control_rate_hz = 15.0;
+    let mut safety = SafetyConfig::calvin_default();
+    safety.control_rate_hz = None;
+    let e = run(
+        synthetic(8, true),
+        Box::new(planner),
+        None,
+        RuntimeConfig::new(safety.clone(), "x"),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("15 Hz") && e.contains("30 Hz"), "{e}");
+    // A safety envelope that states another rate than the policy's is refused too.
+    let mut stated = safety.clone();
+    stated.control_rate_hz = Some(15.0);
+    let e = format!(
+        "{:#}",
+        run(
+            synthetic(8, true),
+            Box::new(NullPlanner::new([32, 32], 4)),
+            None,
+            RuntimeConfig::new(stated, "x"),
+            Arc::new(AtomicBool::new(false)),
+        )
+        .unwrap_err()
+    );
+    assert!(
+        e.contains("control_rate_hz") && e.contains("15 Hz") && e.contains("30 Hz"),
+        "{e}"
+    );
+    // Left out, the envelope takes the policy's rate and the run goes.
+    let report = run(
+        synthetic(8, true),
+        Box::new(NullPlanner::new([32, 32], 4)),
+        None,
+        RuntimeConfig::new(safety, "x"),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .unwrap();
+    assert_eq!(report.ticks, 8);
+}

@@ -13,10 +13,6 @@ use crate::policy::{LoadedPolicy, Policy, PolicyOptions};
 use crate::runtime::actuate::{ActionScale, Chunk};
 use crate::runtime::{DecoderRenderer, Renderer};
 
-/// A 7-D CALVIN action: xyz, euler xyz, gripper (exactly −1 close / +1 open).
-/// Relative actions are in CALVIN units (xyz·0.02 m, euler·0.05 rad, clipped to [−1, 1]).
-pub type Action = [f64; 7];
-
 /// A policy the CALVIN harness can roll out.
 ///
 /// Per chain the harness calls [`EvalPolicy::begin_chain`] once; per subtask
@@ -216,7 +212,6 @@ pub struct Vw2EvalPolicy {
     renderer: DecoderRenderer,
     fresh_plan: Option<Plan>,
     step: usize,
-    control_hz: f64,
 }
 
 impl std::fmt::Debug for Vw2EvalPolicy {
@@ -237,7 +232,6 @@ impl Vw2EvalPolicy {
         let device = candle_core::Device::Cpu;
         let bundle = LoadedPolicy::load(path, &device)
             .with_context(|| format!("{}: cannot load policy bundle", path.display()))?;
-        let control_hz = bundle.spec.control_rate_hz;
         let renderer = DecoderRenderer::new(bundle.dldm.clone());
         let policy = Policy::new(bundle, options, device)?;
         Ok(Self {
@@ -245,7 +239,6 @@ impl Vw2EvalPolicy {
             renderer,
             fresh_plan: None,
             step: 0,
-            control_hz,
         })
     }
 }
@@ -273,7 +266,7 @@ impl EvalPolicy for Vw2EvalPolicy {
     }
 
     fn control_rate_hz(&self) -> Option<f64> {
-        Some(self.control_hz)
+        Some(self.policy.bundle().spec.control_rate_hz)
     }
 
     fn action_scale(&self) -> ActionScale {

@@ -45,7 +45,7 @@ use crate::base::image::write_png as save_png;
 use crate::io::env_adapter::{EnvAdapter, EnvConfig, EnvError};
 use crate::io::robot::tcp_from_robot_obs;
 use crate::io::RgbImage;
-use crate::runtime::actuate::{sim_action, Actuator};
+use crate::runtime::actuate::{check_control_rate, sim_action, Actuator};
 use crate::safety::{GripperState, SafetyConfig};
 
 /// CALVIN's step budget per subtask.
@@ -225,16 +225,8 @@ fn rollout(
 ) -> Result<ChainOutcome, RolloutError> {
     let keep_frames = capture.failure_frames;
     let env_rate = env.hello().control_hz;
-    let rate = match policy.control_rate_hz() {
-        Some(hz) if (hz - env_rate).abs() > 1e-9 => {
-            return Err(RolloutError::Policy(anyhow!(
-                "control rate: the policy was trained at {hz} Hz but the simulator runs at \
-                 {env_rate} Hz; run the simulator at the policy's rate"
-            )))
-        }
-        Some(hz) => hz,
-        None => env_rate,
-    };
+    let rate = policy.control_rate_hz().unwrap_or(env_rate);
+    check_control_rate(rate, env_rate, "simulator").map_err(RolloutError::Policy)?;
     let mut actuator = Actuator::new(safety.clone(), rate, policy.action_scale(), None)
         .map_err(RolloutError::Policy)?;
     let mut obs = env.reset(Some(&chain.robot_obs), Some(&chain.scene_obs))?;

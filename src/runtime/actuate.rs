@@ -82,6 +82,17 @@ impl Chunk {
     }
 }
 
+/// The bundle owns the control rate: a robot or simulator (`what`) at
+/// another rate than the policy's is refused, naming both rates (Hz).
+pub fn check_control_rate(policy_hz: f64, io_hz: f64, what: &str) -> Result<()> {
+    anyhow::ensure!(
+        (io_hz - policy_hz).abs() < 1e-9,
+        "control rate: the policy was trained at {policy_hz} Hz but the {what} runs at \
+         {io_hz} Hz; run the {what} at the policy's rate"
+    );
+    Ok(())
+}
+
 /// What one unit of a policy's relative action means: the bundle's
 /// `action_space` scales (CALVIN's by default).
 #[derive(Debug, Clone, Copy, PartialEq)]

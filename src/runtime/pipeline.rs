@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use serde::Serialize;
 
-use super::actuate::Actuator;
+use super::actuate::{check_control_rate, Actuator};
 use super::arbiter::{Control, Decision, Switch, TakeoverConfig};
 use super::metrics::{Histogram, Summary};
 use super::operator::OperatorFeed;
@@ -178,12 +178,7 @@ pub fn run(
 ) -> Result<RunReport> {
     let lockstep = io.lockstep();
     let rate = planner.control_rate_hz();
-    let io_rate = io.control_rate_hz();
-    anyhow::ensure!(
-        (io_rate - rate).abs() < 1e-9,
-        "control rate: the policy was trained at {rate} Hz but the robot io runs at {io_rate} Hz; \
-         run the robot (or simulator) at the policy's rate"
-    );
+    check_control_rate(rate, io.control_rate_hz(), "robot io")?;
     let initial_tcp = io.initial_tcp();
     let (source, sink) = io.split();
     let mut actuator = Actuator::new(
