@@ -157,6 +157,11 @@ pub fn run_teleop(o: &TeleopOptions) -> Result<RunSummary> {
         .with_control_rate(rate, &format!("the simulator '{}'", o.env.backend))
         .map_err(|e| anyhow::anyhow!("safety envelope: {e}"))?;
     let mut policy = o.policy.instantiate()?;
+    crate::runtime::actuate::check_control_rate(
+        policy.control_rate_hz().unwrap_or(rate),
+        rate,
+        "simulator",
+    )?;
     let mut operator: Box<dyn Operator> = match o.input {
         OperatorInput::Scripted => Box::new(ScriptedOperator::new(o.operator.clone(), rate)?),
         OperatorInput::Keyboard => Box::new(super::keyboard::KeyboardOperator::new()?),
