@@ -17,7 +17,7 @@ use rmpv::Value;
 
 use super::env_adapter::{field, EnvAdapter, EnvConfig};
 use super::Observation;
-pub use crate::base::units::{REL_EULER_RAD, REL_XYZ_M};
+use crate::base::units::{REL_EULER_RAD, REL_XYZ_M};
 use crate::data::calvin::{CalvinFrame, CalvinWriter};
 
 /// What to record.
