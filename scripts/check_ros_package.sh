@@ -7,7 +7,8 @@
 #      package, its executable lib/vw2_policy/vw2_policy_node, the launch file,
 #      the default parameters, calibrations and the bundled policy.
 # The installed node binary is the `--features ros2-check` build when there is one
-# (it runs and explains that it cannot talk to ROS), else a placeholder script.
+# (it runs and explains that it cannot talk to ROS), else a placeholder script. The
+# real build against ROS 2 is checked by scripts/test-ros.sh (colcon, rclpy).
 # Needs the apt packages cmake, ament-cmake, python3-ament-index and python3-catkin-pkg
 # (scripts/setup.sh installs them) and uses /usr/bin/python3, where apt puts them.
 set -euo pipefail
@@ -40,7 +41,8 @@ PYEOF
 # --- 2. configure, build, install
 node_bin="${VW2_NODE_BINARY:-${CARGO_TARGET_DIR:-target}/debug/vw2_policy_node}"
 extra=()
-if [ -x "$node_bin" ]; then
+# Only the doc-only build (the ROS build, scripts/test-ros.sh, shares target/debug).
+if [ -x "$node_bin" ] && { "$node_bin" 2>&1 || true; } | grep -q "ros2-check"; then
   extra=(-DVW2_NODE_BINARY="$(realpath "$node_bin")")
 else
   node_bin=""

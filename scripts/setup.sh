@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 # chromium: the teleop report is checked in a real headless browser (tests/teleop_report.rs).
 # libudev-dev, pkg-config: gilrs (gamepad teleop) links libudev.
-APT_PACKAGES=(protobuf-compiler libopencv-dev clang libclang-dev python3 python3-venv cmake ament-cmake python3-ament-index python3-catkin-pkg chromium libudev-dev pkg-config)
+# iproute2: the ROS 2 integration test brings up `lo` in its own network namespace.
+APT_PACKAGES=(protobuf-compiler libopencv-dev clang libclang-dev python3 python3-venv cmake ament-cmake python3-ament-index python3-catkin-pkg chromium libudev-dev pkg-config iproute2)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

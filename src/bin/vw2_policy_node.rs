@@ -6,19 +6,7 @@
 
 #[cfg(not(feature = "ros2-check"))]
 fn main() {
-    use tracing_subscriber::EnvFilter;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Err(e) = vw2_policy::ros::node::run_node(&args, None) {
-        eprintln!("vw2_policy_node: {e:#}");
-        let params = e.chain().any(|c| c.to_string().contains("parameter"));
-        std::process::exit(if params { 2 } else { 1 });
-    }
+    vw2_policy::ros::node::node_main(None)
 }
 
 /// Built against r2r's pre-generated bindings (`--features ros2-check`, no ROS

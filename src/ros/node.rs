@@ -225,6 +225,31 @@ fn publisher<T: WrappedTypesupport>(
         .map_err(|e| anyhow!("cannot advertise {topic}: {e}"))
 }
 
+/// The ROS context. rcl parses the command line again here, and r2r panics
+/// when it refuses it (e.g. a parameter file that YAML 1.2 reads but rcl's YAML
+/// 1.1 parser does not: `y` is a boolean there); that becomes a parameter error.
+fn ros_context() -> Result<r2r::Context> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let ctx = std::panic::catch_unwind(r2r::Context::create);
+    std::panic::set_hook(hook);
+    match ctx {
+        Ok(Ok(ctx)) => Ok(ctx),
+        Ok(Err(e)) => Err(anyhow!("ROS context: {e}")),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "no message".into());
+            Err(anyhow!(
+                "parameters: rcl refused the command line or a parameter file: {msg} \
+                 (rcl reads YAML 1.1: quote names such as y, n, on, off)"
+            ))
+        }
+    }
+}
+
 fn ros_now_s(node: &r2r::Node) -> Result<f64> {
     let clock = node.get_ros_clock();
     let now = clock
@@ -248,6 +273,36 @@ pub fn run_node(args: &[String], ik: Option<Box<dyn JointIk>>) -> Result<()> {
     let mut node = PolicyNode::setup(args, ik)?;
     while node.spin_once()? {}
     Ok(())
+}
+
+/// `main` of a node binary: logs to stderr (`RUST_LOG`, default info), runs
+/// [`run_node`] on the process's arguments with `ik`, and exits with status 2
+/// on a parameter error, 1 on another start-up error, 0 after Ctrl-C.
+pub fn node_main(ik: Option<Box<dyn JointIk>>) -> ! {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let name = std::env::args()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| NODE_NAME.to_string());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run_node(&args, ik) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            let params = e.chain().any(|c| c.to_string().contains("parameter"));
+            std::process::exit(if params { 2 } else { 1 });
+        }
+    }
 }
 
 /// A subscription the loop drains without blocking.
@@ -345,7 +400,7 @@ impl PolicyNode {
         )?;
         let planner: Arc<Mutex<Box<dyn Planner>>> = Arc::new(Mutex::new(Box::new(policy)));
 
-        let ctx = r2r::Context::create().map_err(|e| anyhow!("ROS context: {e}"))?;
+        let ctx = ros_context()?;
         let mut node =
             r2r::Node::create(ctx, NODE_NAME, "").map_err(|e| anyhow!("ROS node: {e}"))?;
         if params.use_sim_time {
@@ -530,6 +585,9 @@ impl PolicyNode {
     /// Collects a finished run, then starts or stops the policy as the
     /// supervisor decides. Returns what is missing to run, if anything.
     fn supervise(&mut self, mono: f64) -> Result<Option<String>> {
+        let stale = self.params.safety.stale_timeout_s;
+        let missing = camera_missing(self.last_image_recv, mono, stale)
+            .or_else(|| self.inputs.missing_at(mono));
         if self
             .pipeline
             .as_ref()
@@ -539,10 +597,13 @@ impl PolicyNode {
             let restart = p.stop_reason.as_deref() == Some(RESTART);
             let why = match p.handle.join() {
                 Ok(Ok(report)) => {
-                    let why = p
-                        .stop_reason
-                        .clone()
-                        .unwrap_or_else(|| report.ended_by.clone());
+                    // A run the runtime ended itself (its watchdog held, then went
+                    // quiet) names the input that went missing, if one did.
+                    let why = match (&p.stop_reason, &missing) {
+                        (Some(r), _) => r.clone(),
+                        (None, Some(m)) => format!("{m} ({})", report.ended_by),
+                        (None, None) => report.ended_by.clone(),
+                    };
                     tracing::info!(ended_by = %report.ended_by, commands = report.commands, holds = report.holds, "run ended");
                     self.last_report = Some(report);
                     why
@@ -555,9 +616,6 @@ impl PolicyNode {
             };
             self.supervisor.on_run_ended(&why, restart);
         }
-        let stale = self.params.safety.stale_timeout_s;
-        let missing = camera_missing(self.last_image_recv, mono, stale)
-            .or_else(|| self.inputs.missing_at(mono));
         match self
             .supervisor
             .decide(self.pipeline.is_some(), missing.as_deref())
