@@ -3,6 +3,9 @@
 
 use std::path::Path;
 
+mod common;
+use common::max_abs_diff;
+
 use candle_core::Device;
 use vw2_policy::base::image::resize_bilinear;
 use vw2_policy::io::RgbImage;
@@ -329,4 +332,51 @@ fn a_head_with_the_instruction_and_keypoints_acts_on_the_instruction() {
     let open = first("open the drawer");
     assert_eq!(open, first("open the drawer"));
     assert_ne!(open, first("close the drawer"));
+}
+
+#[test]
+fn the_streaming_encoder_gives_the_plans_of_a_window_covering_the_episode() {
+    use vw2_policy::policy::closed_loop::EncoderMode;
+    // 41 frames = 10 latent steps. A window of 10 steps never slides, so it sees
+    // what the stream sees: the same observed codes, features and actions.
+    let mut window = policy(PolicyOptions {
+        window_latent_steps: 10,
+        ..Default::default()
+    });
+    let mut stream = policy(PolicyOptions {
+        encoder: EncoderMode::Stream,
+        window_latent_steps: 2,
+        ..Default::default()
+    });
+    let pw = run(&mut window, 41);
+    let ps = run(&mut stream, 41);
+    assert_eq!(pw.len(), 11);
+    assert_eq!(ps.len(), pw.len());
+    for (w, s) in pw.iter().zip(&ps) {
+        assert_eq!(w.observed_codes, s.observed_codes, "step {}", w.latent_step);
+        assert_eq!(
+            w.predicted_codes, s.predicted_codes,
+            "step {}",
+            w.latent_step
+        );
+        let d = max_abs_diff(&w.current_features, &s.current_features);
+        assert!(d < 1e-5, "step {}: features differ by {d}", w.latent_step);
+    }
+    // A 2-step window slides after step 2 and then sees less than the stream.
+    let mut short = policy(PolicyOptions {
+        window_latent_steps: 2,
+        ..Default::default()
+    });
+    let p2 = run(&mut short, 41);
+    assert_eq!(p2[2].observed_codes, ps[2].observed_codes);
+    let differ = p2
+        .iter()
+        .zip(&ps)
+        .skip(3)
+        .filter(|(a, b)| max_abs_diff(&a.current_features, &b.current_features) > 1e-4)
+        .count();
+    assert!(
+        differ > 0,
+        "a sliding window must differ from the stream once it slides"
+    );
 }

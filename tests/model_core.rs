@@ -2,6 +2,9 @@
 
 use std::sync::Arc;
 
+mod common;
+use common::max_abs_diff;
+
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use vw2_policy::model::dldm::{Dldm, DldmConfig};
@@ -28,17 +31,6 @@ fn clip(t: usize, seed: u64) -> Tensor {
     Tensor::from_vec(data, (1, t, 3, 32, 32), &Device::Cpu).unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn encode_shapes_and_code_range() {
     let m = tiny_model(1);
@@ -57,7 +49,7 @@ fn encode_shapes_and_code_range() {
         .unwrap()
         .reshape((1, 8, 4))
         .unwrap();
-    assert!(max_diff(&back, &out.codes) < 1e-6);
+    assert!(max_abs_diff(&back, &out.codes) < 1e-6);
 }
 
 #[test]
@@ -71,16 +63,19 @@ fn encoder_is_causal() {
     // Latent frames 0..=2 and the codes of steps 1..=2 (pairs (0,1), (1,2)) are unchanged.
     let fa = ea.features.narrow(1, 0, 3).unwrap();
     let fb = eb.features.narrow(1, 0, 3).unwrap();
-    assert!(max_diff(&fa, &fb) < 1e-5, "features of steps ≤ 2 changed");
     assert!(
-        max_diff(
+        max_abs_diff(&fa, &fb) < 1e-5,
+        "features of steps ≤ 2 changed"
+    );
+    assert!(
+        max_abs_diff(
             &ea.codes.narrow(1, 0, 8).unwrap(),
             &eb.codes.narrow(1, 0, 8).unwrap()
         ) < 1e-6
     );
     // ...and the change does show up at step 3, so the test can fail.
     assert!(
-        max_diff(
+        max_abs_diff(
             &ea.features.narrow(1, 3, 1).unwrap(),
             &eb.features.narrow(1, 3, 1).unwrap()
         ) > 1e-4
@@ -107,8 +102,8 @@ fn decoder_is_causal_in_the_codes() {
     // 3 steps → 1 + 4·3 = 13 frames of 32×32.
     assert_eq!(fa.dims(), &[1, 13, 3, 32, 32]);
     // Frames of steps ≤ 2 (frames 0..=8) do not depend on the codes of step 3.
-    assert!(max_diff(&fa.narrow(1, 0, 9).unwrap(), &fb.narrow(1, 0, 9).unwrap()) < 1e-5);
-    assert!(max_diff(&fa.narrow(1, 9, 4).unwrap(), &fb.narrow(1, 9, 4).unwrap()) > 1e-4);
+    assert!(max_abs_diff(&fa.narrow(1, 0, 9).unwrap(), &fb.narrow(1, 0, 9).unwrap()) < 1e-5);
+    assert!(max_abs_diff(&fa.narrow(1, 9, 4).unwrap(), &fb.narrow(1, 9, 4).unwrap()) > 1e-4);
 }
 
 #[test]
@@ -123,7 +118,7 @@ fn decoder_uses_the_first_frame_features() {
     let b = m
         .decode_indices(&e2.features.narrow(1, 0, 1).unwrap(), &idx)
         .unwrap();
-    assert!(max_diff(&a, &b) > 1e-4);
+    assert!(max_abs_diff(&a, &b) > 1e-4);
 }
 
 /// Every trainable parameter of the dLDM (encoder → FSQ → decoder) gets a
@@ -262,4 +257,62 @@ fn abs_sum(t: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+// ------------------------------------------------------------------ streaming encoder
+
+#[test]
+fn the_streaming_encoder_equals_a_full_reencode_of_the_clip() {
+    use vw2_policy::model::dldm::EncoderStream;
+    // Attention at both levels and in the mid block: every temporal layer kind streams.
+    let cfg = DldmConfig {
+        attn_resolutions: vec![8, 4],
+        ..DldmConfig::tiny()
+    };
+    let init = Arc::new(SeededInit::new(11));
+    let m = Dldm::new(&cfg, seeded_var_builder(init, &Device::Cpu)).unwrap();
+    // 12 latent steps: longer than the policy's default frame window (8 steps).
+    let steps = 12;
+    let x = clip(1 + 4 * steps, 5);
+    let full = m.encode(&x).unwrap();
+    let mut stream = EncoderStream::default();
+    let f0 = m
+        .stream_first(&mut stream, &x.narrow(1, 0, 1).unwrap())
+        .unwrap();
+    assert!(max_abs_diff(&f0, &full.features.narrow(1, 0, 1).unwrap()) < 1e-5);
+    let mut sizes = vec![stream.state_elements()];
+    for k in 0..steps {
+        let new = x.narrow(1, 1 + 4 * k, 4).unwrap();
+        let out = m.stream_step(&mut stream, &new).unwrap();
+        let want = full.features.narrow(1, k + 1, 1).unwrap();
+        let d = max_abs_diff(&out.features, &want);
+        assert!(d < 1e-5, "step {k}: features differ by {d}");
+        assert_eq!(
+            out.indices.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
+            full.indices
+                .narrow(1, k, 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<u32>()
+                .unwrap(),
+            "step {k}: indices"
+        );
+        let dc = max_abs_diff(&out.codes, &full.codes.narrow(1, 4 * k, 4).unwrap());
+        assert!(dc < 1e-6, "step {k}: codes differ by {dc}");
+        sizes.push(stream.state_elements());
+    }
+    // The state grows by one latent frame's attention keys and values per step.
+    let growth: Vec<usize> = sizes.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        growth[0] > 0 && growth.iter().all(|g| *g == growth[0]),
+        "{growth:?}"
+    );
+    assert_eq!(stream.latent_frames(), 1 + steps);
+    // Wrong step sizes are refused by name.
+    let e = m
+        .stream_step(&mut stream, &x.narrow(1, 0, 3).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("takes 4 new frames, found 3"), "{e}");
 }

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+mod common;
+use common::max_abs_diff;
+
 use candle_core::{DType, Device, Tensor};
 use vw2_policy::model::ar::ArTransformer;
 use vw2_policy::model::dldm::Dldm;
@@ -324,14 +327,7 @@ fn onnx_head_bundle_loads_and_matches_the_mlp() {
         .unwrap()
         .reshape((1, 4, 7))
         .unwrap();
-    let diff = (out - y)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&out, &y);
     assert!(diff < 1e-5, "{diff}");
 
     // An opset-18 export is refused when the bundle loads.

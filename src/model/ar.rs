@@ -29,7 +29,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::nn::{attention, causal_mask, Linear, RmsNorm};
+use super::nn::{attention, causal_mask_with_offset, Linear, RmsNorm};
 
 fn default_vocab_size() -> usize {
     1000
@@ -199,17 +199,6 @@ pub fn repeat_kv(xs: &Tensor, n_rep: usize) -> Result<Tensor> {
 }
 
 /// Additive causal mask [n, offset + n] for `n` new queries after `offset` cached keys.
-fn causal_mask_with_offset(n: usize, offset: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
-    if offset == 0 {
-        return causal_mask(n, dtype, dev);
-    }
-    let total = offset + n;
-    let data: Vec<f32> = (0..n)
-        .flat_map(|i| (0..total).map(move |j| if j <= offset + i { 0.0 } else { -1e9 }))
-        .collect();
-    Tensor::from_vec(data, (n, total), dev)?.to_dtype(dtype)
-}
-
 /// Averaging matrix [m, n] of adaptive average pooling from `n` to `m` tokens.
 fn adaptive_pool_matrix(n: usize, m: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
     let mut data = vec![0f32; m * n];

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::fsq::Fsq;
 use super::layers::{
     CausalConv3d, CodeCrossAttention, Downsample, FactorizedConv, FrameNorm, ResBlock,
-    SpatialAttention, TemporalAttention, Upsample,
+    SpatialAttention, StreamState, TemporalAttention, Upsample,
 };
 use super::nn::{attention, LayerNorm, Linear};
 use super::patcher::HaarPatcher;
@@ -256,6 +256,10 @@ impl SpaceTimeAttention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.temporal.forward(&self.spatial.forward(x)?)
     }
+    fn forward_stream(&self, x: &Tensor, state: &mut StreamState) -> Result<Tensor> {
+        self.temporal
+            .forward_stream(&self.spatial.forward(x)?, state)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -326,21 +330,46 @@ impl Encoder {
 
     /// Patched frames `[B, T, 192, H/4, W/4]` → features `[B, T, F, h, w]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = self.conv_in.forward(x)?;
+        self.run(x, None)
+    }
+
+    /// [`Self::forward`] on the next latent frames of a stream: every temporal
+    /// layer continues from `state`, so the features equal those of one forward
+    /// over the whole stream, at the cost of the new frames only.
+    pub fn forward_stream(&self, x: &Tensor, state: &mut StreamState) -> Result<Tensor> {
+        state.begin();
+        self.run(x, Some(state))
+    }
+
+    fn run(&self, x: &Tensor, mut state: Option<&mut StreamState>) -> Result<Tensor> {
+        let conv = |c: &FactorizedConv, h: &Tensor, st: &mut Option<&mut StreamState>| match st {
+            Some(st) => c.forward_stream(h, st),
+            None => c.forward(h),
+        };
+        let block = |b: &ResBlock, h: &Tensor, st: &mut Option<&mut StreamState>| match st {
+            Some(st) => b.forward_stream(h, st),
+            None => b.forward(h),
+        };
+        let attn = |a: &SpaceTimeAttention, h: &Tensor, st: &mut Option<&mut StreamState>| match st
+        {
+            Some(st) => a.forward_stream(h, st),
+            None => a.forward(h),
+        };
+        let mut h = conv(&self.conv_in, x, &mut state)?;
         for level in &self.levels {
-            for (block, attn) in level.blocks.iter().zip(&level.attns) {
-                h = block.forward(&h)?;
-                if let Some(a) = attn {
-                    h = a.forward(&h)?;
+            for (b, a) in level.blocks.iter().zip(&level.attns) {
+                h = block(b, &h, &mut state)?;
+                if let Some(a) = a {
+                    h = attn(a, &h, &mut state)?;
                 }
             }
             if let Some(d) = &level.downsample {
                 h = d.forward(&h)?;
             }
         }
-        h = self.mid_block_1.forward(&h)?;
-        h = self.mid_attn_1.forward(&h)?;
-        h = self.mid_block_2.forward(&h)?;
+        h = block(&self.mid_block_1, &h, &mut state)?;
+        h = attn(&self.mid_attn_1, &h, &mut state)?;
+        h = block(&self.mid_block_2, &h, &mut state)?;
         self.norm_out.forward(&h)?.silu()
     }
 }
@@ -656,6 +685,28 @@ impl CoarseDecoder {
     }
 }
 
+/// The encoder run as a stream over a clip that grows by one latent step (4
+/// frames) at a time: the temporal state of every causal layer and the newest
+/// latent frame's features. See [`Dldm::stream_first`] and [`Dldm::stream_step`].
+#[derive(Debug, Clone, Default)]
+pub struct EncoderStream {
+    state: StreamState,
+    newest: Option<Tensor>,
+    latent_frames: usize,
+}
+
+impl EncoderStream {
+    /// Latent frames encoded so far (frame 0 counts as one).
+    pub fn latent_frames(&self) -> usize {
+        self.latent_frames
+    }
+
+    /// Scalar elements of temporal state held (grows with the attention history).
+    pub fn state_elements(&self) -> usize {
+        self.state.elements() + self.newest.as_ref().map_or(0, |t| t.elem_count())
+    }
+}
+
 /// What the encoder side produces for a clip.
 #[derive(Debug, Clone)]
 pub struct EncodeOutput {
@@ -743,6 +794,49 @@ impl Dldm {
             l / self.cfg.num_queries,
             self.cfg.num_queries,
         ))?;
+        Ok(EncodeOutput {
+            features,
+            codes,
+            indices,
+        })
+    }
+
+    /// Starts a stream at frame 0 `[B, 1, 3, H, W]` (in [−1, 1]): its features
+    /// `[B, 1, F, h, w]`, equal to latent frame 0 of [`Self::encode_features`].
+    pub fn stream_first(&self, stream: &mut EncoderStream, frame0: &Tensor) -> Result<Tensor> {
+        *stream = EncoderStream::default();
+        let patched = self.patcher.patch_frames(frame0)?;
+        let features = self.encoder.forward_stream(&patched, &mut stream.state)?;
+        stream.newest = Some(features.clone());
+        stream.latent_frames = 1;
+        Ok(features)
+    }
+
+    /// The next latent step of a stream from its `patch` (4) new frames
+    /// `[B, 4, 3, H, W]`: the new latent frame's features `[B, 1, F, h, w]`, its codes
+    /// `[B, N, code_dim]` and indices `[B, 1, N]`, equal to the last step of
+    /// [`Self::encode`] over the whole clip so far, at the cost of the new frames only.
+    pub fn stream_step(&self, stream: &mut EncoderStream, frames: &Tensor) -> Result<EncodeOutput> {
+        let p = self.patcher.patch();
+        let (_, t, _, _, _) = frames.dims5()?;
+        if t != p {
+            bail!("a latent step takes {p} new frames, found {t}");
+        }
+        let prev = stream
+            .newest
+            .clone()
+            .ok_or_else(|| candle_core::Error::msg("stream_step before stream_first"))?;
+        // Each latent frame is the Haar transform of its own 4 frames: patch a
+        // 1 + 4 frame clip and keep latent frame 1 (frame 0 there is a stand-in).
+        let clip = Tensor::cat(&[&frames.narrow(1, 0, 1)?, frames], 1)?;
+        let patched = self.patcher.patch_frames(&clip)?.narrow(1, 1, 1)?;
+        let features = self.encoder.forward_stream(&patched, &mut stream.state)?;
+        let pair = Tensor::cat(&[&prev, &features], 1)?;
+        let codes = self.fsq.quantize(&self.latents(&pair)?)?;
+        let (b, n, _) = codes.dims3()?;
+        let indices = self.fsq.codes_to_indices(&codes)?.reshape((b, 1, n))?;
+        stream.newest = Some(features.clone());
+        stream.latent_frames += 1;
         Ok(EncodeOutput {
             features,
             codes,

@@ -9,7 +9,7 @@
 use candle_core::{Result, Tensor, D};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
-use super::nn::{attention, causal_mask, Linear};
+use super::nn::{attention, causal_mask, causal_mask_with_offset, Linear};
 
 /// A causal 3-D convolution with kernel `(kt, kh, kw)` and spatial stride.
 #[derive(Debug, Clone)]
@@ -75,15 +75,47 @@ impl CausalConv3d {
 
     /// `[B, T, C, H, W]` → `[B, T, out, H', W']`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, t, c, h, w) = x.dims5()?;
         let kt = self.weight.dim(2)?;
         let padded = if kt > 1 {
-            let first = x.narrow(1, 0, 1)?;
-            let pad = first.broadcast_as((b, kt - 1, c, h, w))?;
-            Tensor::cat(&[&pad.contiguous()?, x], 1)?
+            Tensor::cat(&[&Self::replicate_first(x, kt - 1)?, x], 1)?
         } else {
             x.clone()
         };
+        self.forward_padded(&padded, x.dim(1)?)
+    }
+
+    /// Like [`Self::forward`] on frames that continue a stream: the last `kt − 1`
+    /// input frames of the previous call (kept in `state`'s next slot) stand in for
+    /// the left padding, which is frame 0 replicated on the stream's first call. The
+    /// outputs equal those of one [`Self::forward`] over the whole stream.
+    pub fn forward_stream(&self, x: &Tensor, state: &mut StreamState) -> Result<Tensor> {
+        let kt = self.weight.dim(2)?;
+        if kt == 1 {
+            return self.forward(x);
+        }
+        let slot = state.slot();
+        let history = match slot.take() {
+            Some(h) => h,
+            None => Self::replicate_first(x, kt - 1)?,
+        };
+        let padded = Tensor::cat(&[&history, x], 1)?;
+        let len = padded.dim(1)?;
+        *slot = Some(padded.narrow(1, len - (kt - 1), kt - 1)?.contiguous()?);
+        self.forward_padded(&padded, x.dim(1)?)
+    }
+
+    /// Frame 0 of `x` repeated `n` times, `[B, n, C, H, W]`.
+    fn replicate_first(x: &Tensor, n: usize) -> Result<Tensor> {
+        let (b, _, c, h, w) = x.dims5()?;
+        x.narrow(1, 0, 1)?
+            .broadcast_as((b, n, c, h, w))?
+            .contiguous()
+    }
+
+    /// The taps over `padded` (`t + kt − 1` frames) → `t` output frames.
+    fn forward_padded(&self, padded: &Tensor, t: usize) -> Result<Tensor> {
+        let (b, _, c, h, w) = padded.dims5()?;
+        let kt = self.weight.dim(2)?;
         let cfg = Conv2dConfig {
             padding: self.padding,
             stride: self.stride,
@@ -129,6 +161,12 @@ impl FactorizedConv {
     /// `[B, T, in, H, W]` → `[B, T, out, H, W]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.temporal.forward(&self.spatial.forward(x)?)
+    }
+
+    /// [`Self::forward`] on the next frames of a stream (see [`StreamState`]).
+    pub fn forward_stream(&self, x: &Tensor, state: &mut StreamState) -> Result<Tensor> {
+        self.temporal
+            .forward_stream(&self.spatial.forward(x)?, state)
     }
 }
 
@@ -203,6 +241,21 @@ impl ResBlock {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
         let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        self.add_skip(x, h)
+    }
+
+    /// [`Self::forward`] on the next frames of a stream (see [`StreamState`]).
+    pub fn forward_stream(&self, x: &Tensor, state: &mut StreamState) -> Result<Tensor> {
+        let h = self
+            .conv1
+            .forward_stream(&self.norm1.forward(x)?.silu()?, state)?;
+        let h = self
+            .conv2
+            .forward_stream(&self.norm2.forward(&h)?.silu()?, state)?;
+        self.add_skip(x, h)
+    }
+
+    fn add_skip(&self, x: &Tensor, h: Tensor) -> Result<Tensor> {
         let skip = match &self.nin_shortcut {
             Some(s) => s.forward(x)?,
             None => x.clone(),
@@ -349,6 +402,17 @@ impl TemporalAttention {
 
     /// Residual causal temporal attention on `[B, T, C, H, W]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.attend(x, None)
+    }
+
+    /// [`Self::forward`] on the next frames of a stream: the keys and values of
+    /// every earlier frame are kept in `state` (two slots), so each new frame
+    /// attends to the whole stream, as in one forward over it.
+    pub fn forward_stream(&self, x: &Tensor, state: &mut StreamState) -> Result<Tensor> {
+        self.attend(x, Some(state))
+    }
+
+    fn attend(&self, x: &Tensor, state: Option<&mut StreamState>) -> Result<Tensor> {
         let (b, t, c, h, w) = x.dims5()?;
         let (q, k, v) = self.p.qkv(x)?;
         // [B, T, C, H, W] → [B·H·W, T, C]
@@ -357,14 +421,24 @@ impl TemporalAttention {
                 .contiguous()?
                 .reshape((b * h * w, t, c))
         };
-        let mask = causal_mask(t, x.dtype(), x.device())?;
-        let o = attention(
-            &tokens(q)?,
-            &tokens(k)?,
-            &tokens(v)?,
-            self.p.scale(),
-            Some(&mask),
-        )?;
+        let (q, mut k, mut v) = (tokens(q)?, tokens(k)?, tokens(v)?);
+        let mut past = 0;
+        if let Some(state) = state {
+            let (ks, vs) = state.slot_pair();
+            if let (Some(pk), Some(pv)) = (ks.as_ref(), vs.as_ref()) {
+                past = pk.dim(1)?;
+                k = Tensor::cat(&[pk, &k], 1)?;
+                v = Tensor::cat(&[pv, &v], 1)?;
+            }
+            *ks = Some(k.clone());
+            *vs = Some(v.clone());
+        }
+        let mask = if past == 0 {
+            causal_mask(t, x.dtype(), x.device())?
+        } else {
+            causal_mask_with_offset(t, past, x.dtype(), x.device())?
+        };
+        let o = attention(&q, &k, &v, self.p.scale(), Some(&mask))?;
         let o = o
             .reshape((b, h, w, t, c))?
             .permute((0, 3, 4, 1, 2))?
@@ -431,5 +505,43 @@ impl CodeCrossAttention {
         let o = o.transpose(2, 3)?.reshape((b, t, c, h, w))?;
         let o = self.proj_out.forward(&o)?.broadcast_mul(&gate)?;
         x + o
+    }
+}
+
+/// The temporal state of a causal stack run as a stream: what each temporal
+/// layer must remember of earlier frames (the last `kt − 1` inputs of a causal
+/// conv, the keys and values of a causal temporal attention). Layers take their
+/// slots in forward order; call [`StreamState::begin`] before each pass.
+#[derive(Debug, Clone, Default)]
+pub struct StreamState {
+    slots: Vec<Option<Tensor>>,
+    cursor: usize,
+}
+
+impl StreamState {
+    /// Starts a pass over the stack: the next slot taken is the first layer's.
+    pub fn begin(&mut self) {
+        self.cursor = 0;
+    }
+
+    /// Frames' worth of state held, summed over the slots (a size check for tests
+    /// and benchmarks: scalar elements).
+    pub fn elements(&self) -> usize {
+        self.slots.iter().flatten().map(|t| t.elem_count()).sum()
+    }
+
+    fn slot(&mut self) -> &mut Option<Tensor> {
+        if self.cursor == self.slots.len() {
+            self.slots.push(None);
+        }
+        self.cursor += 1;
+        &mut self.slots[self.cursor - 1]
+    }
+
+    fn slot_pair(&mut self) -> (&mut Option<Tensor>, &mut Option<Tensor>) {
+        self.slot();
+        self.slot();
+        let (a, b) = self.slots[self.cursor - 2..self.cursor].split_at_mut(1);
+        (&mut a[0], &mut b[0])
     }
 }

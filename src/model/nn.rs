@@ -139,6 +139,24 @@ pub fn attention(
     softmax_last(&scores)?.matmul(&v.contiguous()?)
 }
 
+/// An additive causal mask `[n, offset + n]` for `n` new positions after `offset`
+/// cached ones: 0 where column ≤ offset + row, `-1e9` elsewhere.
+pub fn causal_mask_with_offset(
+    n: usize,
+    offset: usize,
+    dtype: DType,
+    dev: &candle_core::Device,
+) -> Result<Tensor> {
+    if offset == 0 {
+        return causal_mask(n, dtype, dev);
+    }
+    let total = offset + n;
+    let data: Vec<f32> = (0..n)
+        .flat_map(|i| (0..total).map(move |j| if j <= offset + i { 0.0 } else { -1e9 }))
+        .collect();
+    Tensor::from_vec(data, (n, total), dev)?.to_dtype(dtype)
+}
+
 /// An additive causal mask [len, len]: 0 where column ≤ row, `-1e9` elsewhere.
 pub fn causal_mask(len: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
     let data: Vec<f32> = (0..len)

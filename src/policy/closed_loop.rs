@@ -18,6 +18,7 @@ use super::bundle::{ActionKind, Head, LoadedPolicy};
 use super::instruction::instruction_tensor;
 use crate::io::RgbImage;
 use crate::model::ar::{KvCache, Sampler, Sampling};
+use crate::model::dldm::EncoderStream;
 use crate::model::head::{postprocess_calvin, ACTION_DIM};
 
 /// Run-time options of the closed loop.
@@ -30,9 +31,17 @@ pub struct PolicyOptions {
     /// Seed of the sampler (reset with every `reset`).
     #[serde(default)]
     pub seed: u64,
-    /// Latent steps of history the encoder sees (its window is `1 + s·W` frames).
+    /// Latent steps of history the encoder sees (its window is `1 + s·W` frames),
+    /// with `encoder: window`.
     #[serde(default = "d_window")]
     pub window_latent_steps: usize,
+    /// How the encoder sees the episode: `window` re-encodes the last
+    /// `window_latent_steps` at every latent step (what `vw2 train` mirrors by
+    /// default); `stream` encodes only the new frames, continuing the causal
+    /// encoder's state from frame 0 (the whole episode is its history, as one
+    /// encode of the episode would see it; cost per step independent of its length).
+    #[serde(default)]
+    pub encoder: EncoderMode,
     /// Re-plan every k control steps (1 ≤ k ≤ s). Between latent steps the
     /// codes and visual features stay; the head re-runs with fresh proprio.
     #[serde(default)]
@@ -47,6 +56,17 @@ pub struct PolicyOptions {
     pub ensemble_decay: Option<f64>,
 }
 
+/// How the policy runs the dLDM encoder over an episode (see [`PolicyOptions::encoder`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum EncoderMode {
+    /// Re-encode a sliding window of `window_latent_steps` latent steps.
+    #[default]
+    Window,
+    /// Encode only the new frames, continuing from the episode's start.
+    Stream,
+}
+
 fn d_window() -> usize {
     8
 }
@@ -57,6 +77,7 @@ impl Default for PolicyOptions {
             sampling: Sampling::Greedy,
             seed: 0,
             window_latent_steps: d_window(),
+            encoder: EncoderMode::Window,
             replan_every: None,
             ensemble_decay: None,
         }
@@ -102,6 +123,8 @@ pub struct Policy {
     observed: Vec<Vec<u32>>,
     predicted: Vec<u32>,
     current_features: Option<Tensor>,
+    /// The encoder's state with `encoder: stream`.
+    stream: EncoderStream,
     sampler: Sampler,
     /// Chunks made in the current latent step (oldest first), rows from its first control step.
     step_chunks: Vec<Vec<[f32; ACTION_DIM]>>,
@@ -147,6 +170,7 @@ impl Policy {
             observed: vec![],
             predicted: vec![],
             current_features: None,
+            stream: EncoderStream::default(),
             sampler,
             step_chunks: vec![],
         })
@@ -175,6 +199,7 @@ impl Policy {
         self.observed.clear();
         self.predicted.clear();
         self.current_features = None;
+        self.stream = EncoderStream::default();
         self.step_chunks.clear();
         self.sampler = Sampler::new(self.options.sampling, self.options.seed)
             .with_vocab_size(self.bundle.ar.config().vocab_size);
@@ -209,7 +234,10 @@ impl Policy {
         let mut observed = vec![];
         if n == 0 {
             let clip = self.frames[0].unsqueeze(1)?; // [1, 1, 3, H, W]
-            let feats = self.bundle.dldm.encode_features(&clip)?;
+            let feats = match self.options.encoder {
+                EncoderMode::Window => self.bundle.dldm.encode_features(&clip)?,
+                EncoderMode::Stream => self.bundle.dldm.stream_first(&mut self.stream, &clip)?,
+            };
             let (_, _, f, h, w) = feats.dims5()?;
             let prefix = feats
                 .reshape((1, f, h * w))?
@@ -281,6 +309,17 @@ impl Policy {
     /// Encodes the frame window and returns the codes of its newest latent step.
     fn encode_latest_step(&mut self) -> Result<Vec<u32>> {
         let s = self.steps_per_latent();
+        if self.options.encoder == EncoderMode::Stream {
+            // The s frames of the step just completed.
+            let frames: Vec<&Tensor> = self.frames.iter().skip(self.frames.len() - s).collect();
+            let out = self
+                .bundle
+                .dldm
+                .stream_step(&mut self.stream, &Tensor::stack(&frames, 1)?)?;
+            self.current_features = Some(out.features);
+            self.latent_step += 1;
+            return Ok(out.indices.flatten_all()?.to_vec1::<u32>()?);
+        }
         // The window holds 1 + s·m frames ending at the newest one.
         let m = (self.frames.len() - 1) / s;
         let skip = self.frames.len() - (1 + s * m);

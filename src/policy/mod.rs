@@ -9,7 +9,7 @@ pub mod proprio;
 pub mod weights;
 
 pub use bundle::{create_random_policy, LoadedPolicy, PolicySpec, RandomPolicySizes};
-pub use closed_loop::{Plan, Policy, PolicyOptions};
+pub use closed_loop::{EncoderMode, Plan, Policy, PolicyOptions};
 
 /// Re-planning between latent steps and temporal ensembling of the chunks.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -20,6 +20,10 @@ pub struct ReplanArgs {
     /// Temporal ensembling with decay M: weights exp(−M·i), i = 0 the oldest chunk (use with --replan-every 1).
     #[arg(long)]
     pub ensemble_decay: Option<f64>,
+    /// How the dLDM encoder sees the episode: `window` (re-encode the last
+    /// window_latent_steps, as the trainer does) or `stream` (only the new frames).
+    #[arg(long, value_enum)]
+    pub encoder: Option<EncoderMode>,
 }
 
 impl ReplanArgs {
@@ -27,6 +31,7 @@ impl ReplanArgs {
     pub fn apply(&self, mut options: PolicyOptions) -> PolicyOptions {
         options.replan_every = self.replan_every.or(options.replan_every);
         options.ensemble_decay = self.ensemble_decay.or(options.ensemble_decay);
+        options.encoder = self.encoder.unwrap_or(options.encoder);
         options
     }
 }

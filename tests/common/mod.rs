@@ -32,3 +32,15 @@ pub fn fake_chain() -> Chain {
         scene_obs: scene.to_vec(),
     }
 }
+
+/// The largest absolute difference between two tensors of the same shape (f32).
+pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
