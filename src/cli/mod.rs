@@ -182,6 +182,30 @@ pub enum BenchCommand {
         /// Seconds per real-time case.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
+        /// How the policy runs its dLDM encoder: window (re-encode) or stream.
+        #[arg(long, value_enum, default_value = "window")]
+        encoder: crate::policy::EncoderMode,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Each model stage of a bundle (encoder per latent step, windowed and streaming; AR
+    /// prefill and per-token decode; head; coarse decoder): time, FLOPs, bytes and the
+    /// fraction of this machine's limit (matmul GFLOP/s, copy GB/s, measured in the run).
+    /// Run under RAYON_NUM_THREADS=1 and =2 to compare thread counts.
+    Models {
+        /// The policy bundle.
+        #[arg(long, default_value = "policies/playtable-small")]
+        policy: PathBuf,
+        /// Runs (p50/p99 pool every run; each run's median is reported too).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Timed calls per stage and run.
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        /// Encoder windows W (latent steps) to compare with the stream.
+        #[arg(long, value_delimiter = ',', default_value = "2,8,22")]
+        windows: Vec<usize>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -314,13 +338,62 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench {
             what:
-                BenchCommand::Runtime {
+                BenchCommand::Models {
                     policy,
-                    seconds,
+                    runs,
+                    iters,
+                    windows,
                     json,
                 },
         } => {
-            let b = crate::runtime::cli::bench_runtime(policy.as_deref(), seconds)?;
+            anyhow::ensure!(
+                runs >= 1 && iters >= 1 && windows.iter().all(|w| *w >= 1),
+                "--runs, --iters and every --windows value: expected >= 1"
+            );
+            let b = crate::policy::model_bench::bench_models(&policy, runs, iters, &windows)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&b)?);
+            } else {
+                let l = &b.limits;
+                println!(
+                    "{}: {} threads; limits: matmul {:.1} GFLOP/s (n = {}), copy {:.1} GB/s ({} MiB)",
+                    b.policy, l.threads, l.matmul_gflops, l.matmul_n, l.copy_gbps, l.copy_mib
+                );
+                println!(
+                    "{:<42} {:>9} {:>9} {:>10} {:>9} {:>8}  run p50s (ms)",
+                    "stage", "p50 ms", "p99 ms", "MFLOP", "MB", "of limit"
+                );
+                let opt = |v: Option<f64>, prec: usize| {
+                    v.map_or("-".to_string(), |v| format!("{v:.prec$}"))
+                };
+                for s in &b.stages {
+                    let runs: Vec<String> =
+                        s.run_p50_ms.iter().map(|v| format!("{v:.3}")).collect();
+                    println!(
+                        "{:<42} {:>9.3} {:>9.3} {:>10} {:>9} {:>8}  {}",
+                        s.stage,
+                        s.p50_ms,
+                        s.p99_ms,
+                        opt(s.mflop, 2),
+                        opt(s.mbytes, 2),
+                        s.fraction_of_limit
+                            .map_or("-".to_string(), |f| format!("{:.1}%", f * 100.0)),
+                        runs.join(" ")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Runtime {
+                    policy,
+                    seconds,
+                    encoder,
+                    json,
+                },
+        } => {
+            let b = crate::runtime::cli::bench_runtime(policy.as_deref(), seconds, encoder)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&b)?);
             } else {

@@ -5,6 +5,7 @@ pub mod closed_loop;
 pub mod dldm_bench;
 pub mod import;
 pub mod instruction;
+pub mod model_bench;
 pub mod proprio;
 pub mod weights;
 

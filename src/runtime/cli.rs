@@ -131,7 +131,12 @@ fn bench_frame() -> RawFrame {
 /// Runs the three runtime benchmarks. With `policy` the planner and monitor are
 /// the real model; without, a model-free planner and a renderer that keeps one
 /// core busy for a whole control period per plan.
-pub fn bench_runtime(policy: Option<&Path>, seconds: f64) -> Result<RuntimeBench> {
+/// `encoder`: how the policy runs its dLDM encoder (window re-encode or stream).
+pub fn bench_runtime(
+    policy: Option<&Path>,
+    seconds: f64,
+    encoder: crate::policy::EncoderMode,
+) -> Result<RuntimeBench> {
     let rate = 30.0;
     let frames = (seconds * rate).max(30.0) as u64;
     let dev = Device::Cpu;
@@ -141,7 +146,14 @@ pub fn bench_runtime(policy: Option<&Path>, seconds: f64) -> Result<RuntimeBench
                 let bundle = LoadedPolicy::load(p, &dev)?;
                 let r = DecoderRenderer::new(bundle.dldm.clone());
                 (
-                    Box::new(Policy::new(bundle, PolicyOptions::default(), dev.clone())?),
+                    Box::new(Policy::new(
+                        bundle,
+                        PolicyOptions {
+                            encoder,
+                            ..Default::default()
+                        },
+                        dev.clone(),
+                    )?),
                     Box::new(r),
                 )
             }
