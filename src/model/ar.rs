@@ -198,7 +198,6 @@ pub fn repeat_kv(xs: &Tensor, n_rep: usize) -> Result<Tensor> {
     Tensor::cat(&vec![xs; n_rep], 2)?.reshape((b, n_kv * n_rep, t, d))
 }
 
-/// Additive causal mask [n, offset + n] for `n` new queries after `offset` cached keys.
 /// Averaging matrix [m, n] of adaptive average pooling from `n` to `m` tokens.
 fn adaptive_pool_matrix(n: usize, m: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
     let mut data = vec![0f32; m * n];

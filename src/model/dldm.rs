@@ -826,10 +826,7 @@ impl Dldm {
             .newest
             .clone()
             .ok_or_else(|| candle_core::Error::msg("stream_step before stream_first"))?;
-        // Each latent frame is the Haar transform of its own 4 frames: patch a
-        // 1 + 4 frame clip and keep latent frame 1 (frame 0 there is a stand-in).
-        let clip = Tensor::cat(&[&frames.narrow(1, 0, 1)?, frames], 1)?;
-        let patched = self.patcher.patch_frames(&clip)?.narrow(1, 1, 1)?;
+        let patched = self.patcher.patch_groups(frames)?;
         let features = self.encoder.forward_stream(&patched, &mut stream.state)?;
         let pair = Tensor::cat(&[&prev, &features], 1)?;
         let codes = self.fsq.quantize(&self.latents(&pair)?)?;

@@ -9,7 +9,7 @@
 use candle_core::{Result, Tensor, D};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
-use super::nn::{attention, causal_mask, causal_mask_with_offset, Linear};
+use super::nn::{attention, causal_mask_with_offset, Linear};
 
 /// A causal 3-D convolution with kernel `(kt, kh, kw)` and spatial stride.
 #[derive(Debug, Clone)]
@@ -433,11 +433,7 @@ impl TemporalAttention {
             *ks = Some(k.clone());
             *vs = Some(v.clone());
         }
-        let mask = if past == 0 {
-            causal_mask(t, x.dtype(), x.device())?
-        } else {
-            causal_mask_with_offset(t, past, x.dtype(), x.device())?
-        };
+        let mask = causal_mask_with_offset(t, past, x.dtype(), x.device())?;
         let o = attention(&q, &k, &v, self.p.scale(), Some(&mask))?;
         let o = o
             .reshape((b, h, w, t, c))?

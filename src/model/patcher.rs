@@ -51,13 +51,8 @@ impl HaarPatcher {
     pub fn patch_frames(&self, x: &Tensor) -> Result<Tensor> {
         let (_, t, _, h, w) = x.dims5()?;
         self.latent_frames(t)?;
-        if h % self.patch != 0 || w % self.patch != 0 {
-            bail!(
-                "frame size must be a multiple of {}, found {h}×{w}",
-                self.patch
-            );
-        }
-        let mut y = if self.patch > 1 {
+        self.check_size(h, w)?;
+        let y = if self.patch > 1 {
             let first = x.narrow(1, 0, 1)?;
             let mut parts = vec![first; self.patch - 1];
             parts.push(x.clone());
@@ -65,6 +60,35 @@ impl HaarPatcher {
         } else {
             x.clone()
         };
+        self.transform(y)
+    }
+
+    /// Whole groups of `p` frames `[B, p·k, C, H, W]` → `[B, k, C·8^levels, H/p, W/p]`:
+    /// each latent frame is the transform of its own `p` frames, so the groups that
+    /// follow frame 0 in [`Self::patch_frames`] can be patched on their own (a stream).
+    pub fn patch_groups(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, t, _, h, w) = x.dims5()?;
+        if t == 0 || !t.is_multiple_of(self.patch) {
+            bail!(
+                "frame count must be a multiple of {}, found {t}",
+                self.patch
+            );
+        }
+        self.check_size(h, w)?;
+        self.transform(x.clone())
+    }
+
+    fn check_size(&self, h: usize, w: usize) -> Result<()> {
+        if !h.is_multiple_of(self.patch) || !w.is_multiple_of(self.patch) {
+            bail!(
+                "frame size must be a multiple of {}, found {h}×{w}",
+                self.patch
+            );
+        }
+        Ok(())
+    }
+
+    fn transform(&self, mut y: Tensor) -> Result<Tensor> {
         for _ in 0..self.levels {
             y = dwt_level(&y)?;
         }
@@ -153,6 +177,25 @@ fn idwt_level(y: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
+
+    #[test]
+    fn groups_after_frame_zero_patch_on_their_own() {
+        let p = HaarPatcher::new(4).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 9, 3, 8, 8), &Device::Cpu).unwrap();
+        let whole = p.patch_frames(&x).unwrap().narrow(1, 1, 2).unwrap();
+        let groups = p.patch_groups(&x.narrow(1, 1, 8).unwrap()).unwrap();
+        let d = (whole - groups)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-6, "{d}");
+        let e = p.patch_groups(&x.narrow(1, 0, 6).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("multiple of 4, found 6"), "{e}");
+    }
 
     #[test]
     fn shapes() {

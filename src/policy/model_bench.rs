@@ -187,35 +187,36 @@ pub fn encoder_work(cfg: &DldmConfig, h: usize, w: usize, t_new: usize, t_hist: 
     wk
 }
 
+/// Weights of the AR that every position multiplies by: the layers' projections
+/// and MLP, and the LM head (embeddings and norms excluded).
+fn ar_matmul_weights(cfg: &ArConfig) -> f64 {
+    let h = cfg.hidden_size as f64;
+    let q = (cfg.num_heads * cfg.head_dim()) as f64;
+    let kv = (cfg.num_kv_heads * cfg.head_dim()) as f64;
+    let per_layer = 2.0 * h * q + 2.0 * h * kv + 3.0 * h * cfg.intermediate_size as f64;
+    cfg.num_layers as f64 * per_layer + h * cfg.vocab_size as f64
+}
+
 /// Work of one AR decode step (one token) with `ctx` positions in the cache.
 pub fn ar_decode_work(cfg: &ArConfig, ctx: usize) -> Work {
-    let h = cfg.hidden_size as f64;
-    let hd = cfg.head_dim() as f64;
-    let q = cfg.num_heads as f64 * hd;
-    let kv = cfg.num_kv_heads as f64 * hd;
-    let per_layer = h * q + 2.0 * h * kv + q * h + 3.0 * h * cfg.intermediate_size as f64;
-    let weights = cfg.num_layers as f64 * per_layer + h * cfg.vocab_size as f64;
+    let weights = ar_matmul_weights(cfg);
+    let q = (cfg.num_heads * cfg.head_dim()) as f64;
+    let kv = (cfg.num_kv_heads * cfg.head_dim()) as f64;
+    let layers = cfg.num_layers as f64;
     let ctx = ctx as f64;
-    let attn = cfg.num_layers as f64 * 4.0 * ctx * q;
     Work {
-        flop: 2.0 * weights + attn,
-        bytes: 4.0 * (weights + cfg.num_layers as f64 * 2.0 * ctx * kv),
+        flop: 2.0 * weights + layers * 4.0 * ctx * q,
+        bytes: 4.0 * (weights + layers * 2.0 * ctx * kv),
     }
 }
 
-/// Work of the AR prefill over `p` prefix positions.
+/// Work of the AR prefill over `p` prefix positions (causal attention over them).
 pub fn ar_prefill_work(cfg: &ArConfig, p: usize) -> Work {
-    let one = ar_decode_work(cfg, p);
-    let h = cfg.hidden_size as f64;
-    let weights_flop = one.flop - cfg.num_layers as f64 * 4.0 * p as f64 * h;
+    let q = (cfg.num_heads * cfg.head_dim()) as f64;
+    let p = p as f64;
     Work {
-        flop: weights_flop * p as f64
-            + cfg.num_layers as f64
-                * 2.0
-                * (p * p) as f64
-                * cfg.num_heads as f64
-                * cfg.head_dim() as f64,
-        bytes: one.bytes,
+        flop: 2.0 * ar_matmul_weights(cfg) * p + cfg.num_layers as f64 * 2.0 * p * p * q,
+        bytes: ar_decode_work(cfg, p as usize).bytes,
     }
 }
 
@@ -347,9 +348,12 @@ pub fn bench_models(
         &format!("AR decode, one step of {n} tokens"),
         runs,
         iters,
-        Some(Work {
-            flop: ar_decode_work(&acfg, p + n / 2).flop * n as f64,
-            bytes: ar_decode_work(&acfg, p + n / 2).bytes * n as f64,
+        Some({
+            let one = ar_decode_work(&acfg, p + n / 2);
+            Work {
+                flop: one.flop * n as f64,
+                bytes: one.bytes * n as f64,
+            }
         }),
         &limits,
         || {
